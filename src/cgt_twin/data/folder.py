@@ -1,0 +1,157 @@
+"""The campaign folder format on disk (``docs/data-format.md``): reading, and writing without ever losing data.
+
+A campaign folder holds ``batches.csv``, ``measurements.csv``, ``events.csv`` and ``media.csv``, optionally
+``variables.csv`` and ``campaign.json`` (format version, source and import notes). `read_campaign` checks it all and
+raises one `CampaignValidationError` listing every problem; `write_campaign` writes to a temporary folder beside the
+target and renames it into place, so an interrupted write never leaves a half-written campaign, and it refuses to
+replace an existing folder unless asked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from .build import campaign_from_tables
+from .campaign import Campaign
+from .errors import CampaignValidationError, Problem, ProblemCollector
+from .tables import (EVENT_COLUMNS, FILE_NAMES, MEDIA_COLUMNS, VARIABLE_COLUMNS, CampaignTables)
+
+__all__ = ["read_campaign", "read_tables", "write_campaign", "write_tables", "FOLDER_FORMAT_VERSION"]
+
+FOLDER_FORMAT_VERSION = 1
+_REQUIRED = ("batches", "measurements")
+_OPTIONAL_EMPTY = {"events": EVENT_COLUMNS, "media": MEDIA_COLUMNS, "variables": VARIABLE_COLUMNS}
+
+
+def _read_csv(path: Path, problems: ProblemCollector) -> pd.DataFrame | None:
+    """Reads one CSV as text (no type guessing: every check happens in `campaign_from_tables`)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4096)
+    except OSError as exc:
+        problems.add(str(path), f"cannot be read ({exc.strerror or exc})")
+        return None
+    if b"\x00" in head:
+        problems.add(str(path), "is not a text CSV file (it contains binary data)")
+        return None
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        problems.add(str(path), "is not UTF-8 text; save the CSV as UTF-8")
+        return None
+    except pd.errors.EmptyDataError:
+        problems.add(str(path), "is empty (expected a header row)")
+        return None
+    except pd.errors.ParserError as exc:
+        problems.add(str(path), f"is not a well-formed CSV ({str(exc).strip()})")
+        return None
+    frame.columns = [str(c).strip() for c in frame.columns]
+    unnamed = [c for c in frame.columns if c.startswith("Unnamed:") or c == ""]
+    if unnamed:
+        problems.add(str(path), f"has {len(unnamed)} column(s) without a header name")
+        return None
+    return frame.where(frame != "", None)
+
+
+def read_tables(path: str | os.PathLike) -> CampaignTables:
+    """Reads a campaign folder's tables without checking their content (see `read_campaign`)."""
+    folder = Path(path)
+    problems = ProblemCollector()
+    if not folder.exists():
+        raise CampaignValidationError(Problem(str(folder), "campaign folder not found"))
+    if not folder.is_dir():
+        raise CampaignValidationError(Problem(str(folder), "is not a folder (a campaign is a folder of CSV files)"))
+    frames: dict[str, pd.DataFrame | None] = {}
+    for key, name in FILE_NAMES.items():
+        file = folder / name
+        if not file.exists():
+            if key in _REQUIRED:
+                problems.add(str(file), f"missing file {name} (a campaign folder needs {', '.join(FILE_NAMES[k] for k in _REQUIRED)})")
+            else:
+                frames[key] = pd.DataFrame({c: pd.Series(dtype=object) for c in _OPTIONAL_EMPTY[key]})
+            continue
+        frames[key] = _read_csv(file, problems)
+    notes: list[str] = []
+    meta_file = folder / "campaign.json"
+    if meta_file.exists():
+        try:
+            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+            if not isinstance(meta, dict):
+                raise ValueError("expected a JSON object")
+            version = int(meta.get("format_version", FOLDER_FORMAT_VERSION))
+            if version > FOLDER_FORMAT_VERSION:
+                problems.add(str(meta_file), f"format_version {version} is newer than this library reads "
+                                             f"({FOLDER_FORMAT_VERSION}); upgrade cgt_twin")
+            notes = [str(n) for n in meta.get("notes", [])]
+        except (ValueError, UnicodeDecodeError) as exc:
+            problems.add(str(meta_file), f"is not valid JSON ({exc})")
+    problems.raise_if_any(header=f"cannot read campaign {folder}")
+    return CampaignTables(batches=frames["batches"], measurements=frames["measurements"], events=frames["events"],
+                          media=frames["media"], variables=frames["variables"], notes=notes, source=str(folder))
+
+
+def read_campaign(path: str | os.PathLike) -> Campaign:
+    """Reads and checks a campaign folder.
+
+    Raises:
+        CampaignValidationError: listing every problem, each naming file, row, batch and column.
+    """
+    return campaign_from_tables(read_tables(path))
+
+
+def write_tables(tables: CampaignTables, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Writes campaign tables as a campaign folder, atomically (see `write_campaign`)."""
+    target = Path(path)
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    if target.exists() and not target.is_dir():
+        raise FileExistsError(f"{target} exists and is not a folder")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        for key, name in FILE_NAMES.items():
+            frame = getattr(tables, key)
+            if key == "variables" and (frame is None or len(frame) == 0):
+                continue
+            frame.to_csv(staging / name, index=False, lineterminator="\n")
+        meta = {"format": "cgt_twin campaign", "format_version": FOLDER_FORMAT_VERSION, "source": tables.source,
+                "notes": list(tables.notes)}
+        (staging / "campaign.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        for file in staging.iterdir():
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+            old.rmdir()
+            os.replace(target, old)
+            os.replace(staging, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def write_campaign(campaign: Campaign, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Writes a campaign as a folder in canonical units.
+
+    The folder is first written beside the target under a temporary name, then renamed into place, so an interrupted
+    write leaves either the old folder or the new one, never half of one.
+
+    Args:
+        campaign: the campaign.
+        path: the folder to create.
+        overwrite: replace an existing folder (otherwise `FileExistsError`).
+
+    Returns:
+        The path written.
+    """
+    return write_tables(campaign.to_tables(), path, overwrite=overwrite)
