@@ -17,7 +17,7 @@ from scipy.integrate import solve_ivp
 from cgt_twin.data import CampaignTables, campaign_from_tables, write_tables
 
 OUT = Path(__file__).resolve().parent / "example_cho_fedbatch"
-FEED_GLUCOSE_MM = 400.0  # glucose in the feed medium, mM
+FEED_GLUCOSE_MM = 550.0  # glucose in the feed medium, mM
 BASAL_GLUCOSE_MM = 35.0
 
 
@@ -38,7 +38,7 @@ def simulate(seed: int, mu_max: float, feed_fraction: float):
     t = 0.0
     for day, ts in enumerate(sample_times):
         if ts > t:
-            sol = solve_ivp(rhs, (t, ts), y, args=(mu_max, 0.012, 1.1), rtol=1e-8, atol=1e-10)
+            sol = solve_ivp(rhs, (t, ts), y, args=(mu_max, 0.05, 1.1), rtol=1e-8, atol=1e-10)
             y = sol.y[:, -1]
             t = ts
         noisy = {

@@ -313,7 +313,7 @@ class Campaign:
         path = os.fspath(path)
         tmp = f"{path}.tmp-{os.getpid()}"
         try:
-            self.to_dataset().to_netcdf(tmp, engine="h5netcdf")
+            self.to_dataset().to_netcdf(tmp, engine="netcdf4")
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
@@ -345,7 +345,7 @@ class Campaign:
     def from_netcdf(cls, path: str | os.PathLike) -> Campaign:
         """Reads a campaign written by `to_netcdf`."""
         try:
-            with xr.open_dataset(os.fspath(path), engine="h5netcdf") as ds:
+            with xr.open_dataset(os.fspath(path), engine="netcdf4") as ds:
                 ds = ds.load()
         except FileNotFoundError:
             raise CampaignValidationError(Problem(os.fspath(path), "file not found")) from None

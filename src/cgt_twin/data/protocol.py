@@ -120,7 +120,7 @@ class Medium:
         return bool(self.concentrations)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Event:
     """One event, in canonical units.
 
@@ -146,6 +146,16 @@ class Event:
         object.__setattr__(self, "kind", EventKind(self.kind))
         object.__setattr__(self, "time_h", float(self.time_h))
         object.__setattr__(self, "amount", float(self.amount))
+
+    def _key(self) -> tuple:
+        amount = None if math.isnan(self.amount) else self.amount  # "no amount" equals "no amount"
+        return (self.time_h, self.kind, amount, self.unit, self.target, self.medium, self.note)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Event) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
 
     @property
     def sort_key(self) -> tuple[float, int]:

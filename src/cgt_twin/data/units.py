@@ -94,7 +94,7 @@ def parse_unit(unit: str) -> pint.Quantity:
 
 
 def _is_offset(quantity: pint.Quantity) -> bool:
-    return not quantity._ok_for_muldiv()  # degC, degF: conversion is affine, not a factor
+    return not quantity._is_multiplicative  # degC, degF: conversion is affine, not a factor
 
 
 def convert(values, from_unit: str, to_unit: str, species: str | None = None) -> np.ndarray:

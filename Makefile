@@ -1,0 +1,37 @@
+# Set-up and checks. On a fresh machine `make demo` and `make test` do everything, installing into .venv first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# One persistent XLA compilation cache for tests and demos (JAX reuses compiled programs across runs).
+export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.jax_cache
+export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS ?= 0.5
+# Tests run on 2 cores: one worker each.
+PYTEST_WORKERS ?= 2
+
+.PHONY: install demo test test-fast lint clean help
+
+help:
+	@echo "make demo       run the demo on bundled (or ../shared) data"
+	@echo "make test       install if needed, then run the full test suite"
+	@echo "make test-fast  the quick tier (skips tests marked slow)"
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/cgt-twin demo --out demo_out
+
+test: $(STAMP)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --durations=15 tests
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -m "not slow" -q tests
+
+clean:
+	rm -rf demo_out .pytest_cache .hypothesis .jax_cache
