@@ -157,6 +157,12 @@ def _batches(check: _Checker, frame: pd.DataFrame) -> dict[str, dict]:
         return batches
     standard = {*BATCH_COLUMNS, "max_volume", "initial_medium", "start_time", "feeds_known"}
     covariates = [str(c).strip() for c in frame.columns if str(c).strip() not in standard]
+    for name in covariates:
+        if name in DIMS or name in CANONICAL_VARIABLES:
+            what = "a dimension" if name in DIMS else "a variable"
+            check.add("batches", f"covariate column {name!r} has the name of {what} of the campaign; rename it "
+                                 f"(e.g. {name}_id)", column=name)
+    covariates = [c for c in covariates if c not in DIMS and c not in CANONICAL_VARIABLES]
     for row, rec in _rows(frame):
         batch = _text(rec.get("batch"))
         if not batch:
