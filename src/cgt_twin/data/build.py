@@ -19,7 +19,7 @@ import xarray as xr
 from .campaign import DIMS, PHASES, Campaign
 from .errors import ProblemCollector
 from .protocol import EventKind, Medium, Protocol, amount_unit
-from .tables import (BATCH_COLUMNS, EVENT_COLUMNS, FILE_NAMES, MEASUREMENT_COLUMNS, MEDIA_COLUMNS, VARIABLE_COLUMNS,
+from .tables import (BATCH_COLUMNS, FILE_NAMES, MEDIA_COLUMNS, VARIABLE_COLUMNS,
                      CampaignTables)
 from .units import UnitConversionError, convert, parse_unit
 from .variables import CANONICAL_VARIABLES, VariableSpec, lookup, suggest
@@ -52,9 +52,11 @@ def _number(value) -> float | None:
         return math.nan
     if isinstance(value, bool | np.bool_):
         return None
+    if isinstance(value, str) and "_" in value:  # Python accepts "1_000"; a data file should not
+        return None
     try:
         return float(str(value).strip()) if isinstance(value, str) else float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
 
 
@@ -83,7 +85,7 @@ class _Checker:
         missing = [c for c in required if c not in names]
         if missing:
             self.add(table, f"missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
-                            f"(required: {', '.join(required)})")
+                            f"(required: {', '.join(required)})", row=1, column=missing[0])
             return False
         return True
 
@@ -151,18 +153,19 @@ def _parse_timestamp(value) -> pd.Timestamp | None:
     return stamp
 
 
-def _batches(check: _Checker, frame: pd.DataFrame) -> dict[str, dict]:
+def _batches(check: _Checker, frame: pd.DataFrame, declared: Mapping[str, VariableSpec]) -> dict[str, dict]:
     batches: dict[str, dict] = {}
     if not check.columns("batches", frame, BATCH_COLUMNS):
         return batches
     standard = {*BATCH_COLUMNS, "max_volume", "initial_medium", "start_time", "feeds_known"}
     covariates = [str(c).strip() for c in frame.columns if str(c).strip() not in standard]
+    reserved = {*DIMS, *CANONICAL_VARIABLES, *declared}
     for name in covariates:
-        if name in DIMS or name in CANONICAL_VARIABLES:
+        if name in reserved:
             what = "a dimension" if name in DIMS else "a variable"
             check.add("batches", f"covariate column {name!r} has the name of {what} of the campaign; rename it "
-                                 f"(e.g. {name}_id)", column=name)
-    covariates = [c for c in covariates if c not in DIMS and c not in CANONICAL_VARIABLES]
+                                 f"(e.g. {name}_id)", row=1, column=name)
+    covariates = [c for c in covariates if c not in reserved]
     for row, rec in _rows(frame):
         batch = _text(rec.get("batch"))
         if not batch:
@@ -220,7 +223,7 @@ def _batches(check: _Checker, frame: pd.DataFrame) -> dict[str, dict]:
 
 
 def _media(check: _Checker, frame: pd.DataFrame, declared) -> dict[str, Medium]:
-    if frame is None or len(frame) == 0:
+    if frame is None or (len(frame) == 0 and len(frame.columns) == 0):
         return {}
     if not check.columns("media", frame, MEDIA_COLUMNS):
         return {}
@@ -399,7 +402,7 @@ def _measurements(check: _Checker, frame: pd.DataFrame, batches, declared, harve
 
 def _events(check: _Checker, frame: pd.DataFrame, batches, media, declared, first_stamp):
     events: dict[str, list] = {b: [] for b in batches}
-    if frame is None or len(frame) == 0:
+    if frame is None or (len(frame) == 0 and len(frame.columns) == 0):
         return events
     if not check.columns("events", frame, ("batch", "kind", "amount", "unit")):
         return events
@@ -493,37 +496,33 @@ def campaign_from_tables(tables: CampaignTables) -> Campaign:
     """
     check = _Checker(tables)
     declared = _declared_variables(check, tables.variables)
-    batches = _batches(check, tables.batches)
+    batches = _batches(check, tables.batches, declared)
     media = _media(check, tables.media, declared)
     first_stamp = _first_timestamps([tables.measurements, tables.events])
-    events = _events(check, tables.events, batches, media, declared, first_stamp)
+    events = _events(check, tables.events, batches, media, declared, first_stamp) if batches else {}
     harvest = _harvest_times(events)
-    for batch, items in events.items():
-        for row, event in items:
-            if harvest[batch] is not None and event.time_h > harvest[batch] + 1e-9:
-                check.add("events", f"{event.kind.value} at {event.time_h:g} h is after the harvest at "
-                                    f"{harvest[batch]:g} h", row, batch, "time_h")
     for batch, info in batches.items():
         if info["initial_medium"] is not None and info["initial_medium"] not in media:
             check.add("batches", f"initial_medium {info['initial_medium']!r} is not in media.csv"
                       + suggest(info["initial_medium"], media), info["row"], batch, "initial_medium")
-    measurements = _measurements(check, tables.measurements, batches, declared, harvest, first_stamp)
+    measurements = _measurements(check, tables.measurements, batches, declared, harvest, first_stamp) \
+        if batches else []
     if batches and not measurements and not check.problems:
         check.add("measurements", "the campaign is empty: no measurements")
     protocols: dict[str, Protocol] = {}
     for batch, info in batches.items():
-        if not math.isfinite(info["initial_volume"]):
-            continue
+        if not (math.isfinite(info["initial_volume"]) and info["initial_volume"] > 0):
+            continue  # already reported against batches.csv
+        ordered = sorted(events[batch], key=lambda item: item[1].sort_key)  # the order Protocol keeps
         max_volume = info["max_volume"] if math.isfinite(info["max_volume"]) else None
         protocol, problems = Protocol.checked(
-            file=check.file["events"], batch=batch, initial_volume=info["initial_volume"],
-            events=tuple(e for _, e in events[batch]), media=media, max_volume=max_volume,
+            file=check.file["events"], batch=batch, event_rows=[row for row, _ in ordered],
+            batch_file=check.file["batches"], batch_row=info["row"], initial_volume=info["initial_volume"],
+            events=tuple(e for _, e in ordered), media=media, max_volume=max_volume,
             initial_medium=info["initial_medium"] if info["initial_medium"] in media else None,
             feeds_known=info["feeds_known"], declared=declared)
         if protocol is None:
-            # Problems already reported row by row are not repeated; the protocol-level ones (volume) are new.
-            reported = {p.message for p in check.problems.problems}
-            check.problems.extend(p for p in problems if p.message not in reported)
+            check.problems.extend(problems)
         else:
             protocols[batch] = protocol
     check.problems.raise_if_any(header=f"invalid campaign {tables.source}")

@@ -213,7 +213,7 @@ class Campaign:
 
     def to_tables(self):
         """The campaign as the tables of the folder format, in canonical units (what `write_campaign` writes)."""
-        from .tables import EVENT_COLUMNS, CampaignTables
+        from .tables import CampaignTables
 
         meta = self.batch_metadata().reset_index()
         batches = pd.DataFrame({"batch": meta["batch"], "cell_type": meta["cell_type"],
@@ -223,23 +223,7 @@ class Campaign:
         for name in self.covariates:
             batches[name] = meta[name]
         measurements = self.to_dataframe("long")
-        event_rows = []
-        for batch, protocol in self.protocols.items():
-            for event in protocol.events:
-                event_rows.append({"batch": batch, "time_h": event.time_h, "kind": event.kind.value,
-                                   "target": event.target or "", "amount": event.amount, "unit": event.unit,
-                                   "medium": event.medium or "", "note": event.note})
-        events = pd.DataFrame(event_rows, columns=[*EVENT_COLUMNS, "note"])
-        media_rows = []
-        for medium in self.media.values():
-            if not medium.concentrations:
-                media_rows.append({"medium": medium.name, "species": "", "concentration": np.nan, "unit": "",
-                                   "inferred": False, "note": medium.note})
-            for species, value in medium.concentrations.items():
-                media_rows.append({"medium": medium.name, "species": species, "concentration": value,
-                                   "unit": self.unit(species) if lookup(species, self.declared) else "",
-                                   "inferred": species in medium.inferred, "note": medium.note})
-        media = pd.DataFrame(media_rows, columns=["medium", "species", "concentration", "unit", "inferred", "note"])
+        events, media = protocol_tables(self.protocols, self.media, self.declared)
         variables = pd.DataFrame([{"variable": s.name, "unit": s.unit, "description": s.description}
                                   for s in self.declared.values()], columns=["variable", "unit", "description"])
         return CampaignTables(batches=batches, measurements=measurements, events=events, media=media,
@@ -352,6 +336,32 @@ class Campaign:
         except Exception as exc:  # h5py/netCDF raise OSError or ValueError on a non-netCDF file
             raise CampaignValidationError(Problem(os.fspath(path), f"not a readable netCDF file ({exc})")) from None
         return cls.from_dataset(ds)
+
+
+def protocol_tables(protocols: Mapping[str, Protocol], media: Mapping[str, Medium],
+                    declared: Mapping[str, VariableSpec] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The ``events`` and ``media`` tables of the folder format for some protocols (canonical units)."""
+    from .tables import EVENT_COLUMNS
+
+    event_rows = []
+    for batch, protocol in protocols.items():
+        for event in protocol.events:
+            event_rows.append({"batch": batch, "time_h": event.time_h, "kind": event.kind.value,
+                               "target": event.target or "", "amount": event.amount, "unit": event.unit,
+                               "medium": event.medium or "", "note": event.note})
+    events = pd.DataFrame(event_rows, columns=[*EVENT_COLUMNS, "note"])
+    media_rows = []
+    for medium in media.values():
+        if not medium.concentrations:
+            media_rows.append({"medium": medium.name, "species": "", "concentration": np.nan, "unit": "",
+                               "inferred": False, "note": medium.note})
+        for species, value in medium.concentrations.items():
+            spec = lookup(species, declared)
+            media_rows.append({"medium": medium.name, "species": species, "concentration": value,
+                               "unit": spec.unit if spec else "", "inferred": species in medium.inferred,
+                               "note": medium.note})
+    return events, pd.DataFrame(media_rows, columns=["medium", "species", "concentration", "unit", "inferred",
+                                                      "note"])
 
 
 def _measured_times(data: xr.Dataset) -> np.ndarray:

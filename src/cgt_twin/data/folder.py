@@ -9,6 +9,7 @@ replace an existing folder unless asked.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -41,20 +42,39 @@ def _read_csv(path: Path, problems: ProblemCollector) -> pd.DataFrame | None:
         problems.add(str(path), "is not a text CSV file (it contains binary data)")
         return None
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, encoding="utf-8-sig")
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            header = next(csv.reader(handle), None)
+    except UnicodeDecodeError:
+        problems.add(str(path), "is not UTF-8 text; save the CSV as UTF-8")
+        return None
+    except csv.Error as exc:
+        problems.add(str(path), f"is not a well-formed CSV ({exc})")
+        return None
+    if not header or all(not h.strip() for h in header):
+        problems.add(str(path), "is empty (expected a header row)")
+        return None
+    names = [h.strip() for h in header]
+    while names and names[-1] == "":  # a trailing comma after the last header name
+        names.pop()
+    if any(n == "" for n in names):
+        problems.add(str(path), f"has {sum(n == '' for n in names)} column(s) without a header name", row=1)
+        return None
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        problems.add(str(path), f"column name(s) {', '.join(duplicated)} appear more than once in the header", row=1,
+                     column=duplicated[0])
+        return None
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, encoding="utf-8-sig",
+                            header=0, names=names, index_col=False, usecols=range(len(names)))
     except UnicodeDecodeError:
         problems.add(str(path), "is not UTF-8 text; save the CSV as UTF-8")
         return None
     except pd.errors.EmptyDataError:
         problems.add(str(path), "is empty (expected a header row)")
         return None
-    except pd.errors.ParserError as exc:
+    except (pd.errors.ParserError, ValueError) as exc:
         problems.add(str(path), f"is not a well-formed CSV ({str(exc).strip()})")
-        return None
-    frame.columns = [str(c).strip() for c in frame.columns]
-    unnamed = [c for c in frame.columns if c.startswith("Unnamed:") or c == ""]
-    if unnamed:
-        problems.add(str(path), f"has {len(unnamed)} column(s) without a header name")
         return None
     return frame.where(frame != "", None)
 
@@ -82,15 +102,23 @@ def read_tables(path: str | os.PathLike) -> CampaignTables:
     if meta_file.exists():
         try:
             meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            problems.add(str(meta_file), f"is not a readable JSON file ({exc})")
+        else:
             if not isinstance(meta, dict):
-                raise ValueError("expected a JSON object")
-            version = int(meta.get("format_version", FOLDER_FORMAT_VERSION))
-            if version > FOLDER_FORMAT_VERSION:
-                problems.add(str(meta_file), f"format_version {version} is newer than this library reads "
-                                             f"({FOLDER_FORMAT_VERSION}); upgrade cgt_twin")
-            notes = [str(n) for n in meta.get("notes", [])]
-        except (ValueError, UnicodeDecodeError) as exc:
-            problems.add(str(meta_file), f"is not valid JSON ({exc})")
+                problems.add(str(meta_file), "expected a JSON object")
+            else:
+                version = meta.get("format_version", FOLDER_FORMAT_VERSION)
+                if not isinstance(version, int) or isinstance(version, bool):
+                    problems.add(str(meta_file), f"format_version must be a whole number, got {version!r}")
+                elif version > FOLDER_FORMAT_VERSION:
+                    problems.add(str(meta_file), f"format_version {version} is newer than this library reads "
+                                                 f"({FOLDER_FORMAT_VERSION}); upgrade cgt_twin")
+                raw_notes = meta.get("notes", [])
+                if not isinstance(raw_notes, list):
+                    problems.add(str(meta_file), f"notes must be a list of strings, got {type(raw_notes).__name__}")
+                else:
+                    notes = [str(n) for n in raw_notes]
     problems.raise_if_any(header=f"cannot read campaign {folder}")
     return CampaignTables(batches=frames["batches"], measurements=frames["measurements"], events=frames["events"],
                           media=frames["media"], variables=frames["variables"], notes=notes, source=str(folder))

@@ -199,6 +199,8 @@ class Protocol:
             object.__setattr__(self, "max_volume", float(self.max_volume))
         else:
             object.__setattr__(self, "max_volume", None)
+        if getattr(self, "_skip_check", False):
+            return
         problems = self.check()
         if problems:
             raise CampaignValidationError(problems, header="invalid protocol")
@@ -250,12 +252,25 @@ class Protocol:
         return [*CANONICAL_VARIABLES, *self.declared]
 
     # -- checks ----------------------------------------------------------------------------------------------------
-    def check(self, file: str = "protocol", batch: str | None = None) -> list[Problem]:
-        """Every problem with this protocol (empty if none); the constructor raises them."""
+    def check(self, file: str = "protocol", batch: str | None = None, *, event_rows: Sequence[int] | None = None,
+              batch_file: str | None = None, batch_row: int | None = None) -> list[Problem]:
+        """Every problem with this protocol (empty if none); the constructor raises them.
+
+        Args:
+            file: where the events come from (named in event problems).
+            batch: the batch, named in every problem.
+            event_rows: the file row of each event, in the protocol's (sorted) order, to name it in problems.
+            batch_file, batch_row: where the batch's volumes and initial medium come from (default: `file`).
+        """
         problems: list[Problem] = []
 
-        def add(message: str, column: str | None = None) -> None:
-            problems.append(Problem(file=file, message=message, batch=batch, column=column))
+        def add(message: str, column: str | None = None, event: int | None = None) -> None:
+            if event is None:
+                problems.append(Problem(file=batch_file or file, message=message, batch=batch, column=column,
+                                        row=batch_row))
+            else:
+                row = event_rows[event] if event_rows is not None else None
+                problems.append(Problem(file=file, message=message, batch=batch, column=column, row=row))
 
         if not (math.isfinite(self.initial_volume) and self.initial_volume > 0):
             add(f"initial volume must be a positive finite number of L, got {self.initial_volume!r}",
@@ -280,45 +295,73 @@ class Protocol:
         harvest = self.harvest_time
         for index, event in enumerate(self.events):
             label = _event_label(index, event)
+
+            def event_problem(message: str, column: str, index: int = index) -> None:
+                add(message, column, event=index)
+
             if not math.isfinite(event.time_h) or event.time_h < 0:
-                add(f"{label}: time must be finite and >= 0 h", "time_h")
+                event_problem(f"{label}: time must be finite and >= 0 h", "time_h")
             if harvest is not None and event.time_h > harvest:
-                add(f"{label}: after the harvest at {harvest:g} h", "time_h")
-            if math.isfinite(event.amount) and event.amount < 0:
-                add(f"{label}: amount must be >= 0, got {event.amount:g}", "amount")
+                event_problem(f"{event.kind.value} at {event.time_h:g} h is after the harvest at {harvest:g} h",
+                              "time_h")
+            if math.isfinite(event.amount) and event.amount < 0 and event.kind is not EventKind.SETPOINT:
+                event_problem(f"{label}: amount must be >= 0, got {event.amount:g}", "amount")
             needs_amount = event.kind not in (EventKind.HARVEST, EventKind.TRANSFECTION)
             if needs_amount and not math.isfinite(event.amount):
-                add(f"{label}: needs a finite amount", "amount")
+                event_problem(f"{label}: needs a finite amount", "amount")
             if event.kind in (EventKind.BOLUS, EventKind.FEED_RATE, EventKind.PERFUSION, EventKind.EXCHANGE):
                 volume_in = event.kind is not EventKind.BOLUS or event.unit == "L"
-                if volume_in and event.medium is None:
-                    add(f"{label}: names no medium", "medium")
+                if volume_in and event.medium is None and not (event.kind in RATE_KINDS and event.amount == 0):
+                    event_problem(f"{label}: names no medium", "medium")
                 if event.medium is not None and event.medium not in self.media:
-                    add(f"{label}: unknown medium {event.medium!r} (known: {sorted(self.media)})", "medium")
-            if event.kind is EventKind.SETPOINT and event.target not in SETPOINT_TARGETS:
-                add(f"{label}: set-point target must be one of {sorted(SETPOINT_TARGETS)}, got {event.target!r}",
-                    "target")
+                    event_problem(f"{label}: unknown medium {event.medium!r} (known: {sorted(self.media)})",
+                                  "medium")
+            if event.kind is EventKind.SETPOINT:
+                if event.target not in SETPOINT_TARGETS:
+                    event_problem(f"{label}: set-point target must be one of {sorted(SETPOINT_TARGETS)}, got "
+                                  f"{event.target!r}", "target")
+                elif event.target != "temperature" and math.isfinite(event.amount) and event.amount < 0:
+                    event_problem(f"{label}: a {event.target} set-point must be >= 0, got {event.amount:g}",
+                                  "amount")
+                elif event.target == "temperature" and math.isfinite(event.amount) and \
+                        not (-5.0 <= event.amount <= 100.0):
+                    event_problem(f"{label}: temperature set-point {event.amount:g} degC is not a culture "
+                                  "temperature (expected -5..100 degC; is the unit right?)", "amount")
             if event.kind is EventKind.EXCHANGE and event.unit == "1" and math.isfinite(event.amount) \
                     and event.amount > 1:
-                add(f"{label}: an exchanged fraction must be within 0..1, got {event.amount:g}", "amount")
-        for time, before, after in self.volume_profile():
+                event_problem(f"{label}: an exchanged fraction must be within 0..1, got {event.amount:g}", "amount")
+        for position, (time, before, after) in enumerate(self.volume_profile()):
+            event = position - 1 if position > 0 else None
             if after < -1e-12 or before < -1e-12:
-                add(f"volume becomes negative ({min(before, after):g} L) at {time:g} h", "amount")
+                add(f"volume becomes negative ({min(before, after):g} L) at {time:g} h", "amount", event)
                 break
             if self.max_volume is not None and max(before, after) > self.max_volume * (1 + 1e-9):
                 add(f"volume {max(before, after):g} L exceeds max_volume {self.max_volume:g} L at {time:g} h",
-                    "amount")
+                    "amount", event)
                 break
         return problems
 
     @classmethod
-    def checked(cls, *, file: str = "protocol", batch: str | None = None, **fields) -> tuple[Protocol | None,
-                                                                                              list[Problem]]:
-        """Builds a protocol, returning ``(protocol, [])`` or ``(None, problems)`` named for `file` and `batch`."""
+    def checked(cls, *, file: str = "protocol", batch: str | None = None, event_rows: Sequence[int] | None = None,
+                batch_file: str | None = None, batch_row: int | None = None,
+                **fields) -> tuple[Protocol | None, list[Problem]]:
+        """Builds a protocol, returning ``(protocol, [])`` or ``(None, problems)`` named for the files, rows and batch
+        (`event_rows` in the order of the events after sorting, see `check`)."""
         try:
-            return cls(**fields), []
-        except CampaignValidationError as err:
-            return None, [dataclasses.replace(p, file=file, batch=batch) for p in err.problems]
+            protocol = cls.__new__(cls)
+            cls._init_unchecked(protocol, **fields)
+        except (TypeError, ValueError) as exc:
+            return None, [Problem(file=file, message=str(exc), batch=batch)]
+        problems = protocol.check(file, batch, event_rows=event_rows, batch_file=batch_file, batch_row=batch_row)
+        return (None, problems) if problems else (protocol, [])
+
+    @classmethod
+    def _init_unchecked(cls, protocol: Protocol, **fields) -> None:
+        object.__setattr__(protocol, "_skip_check", True)
+        try:
+            protocol.__init__(**fields)
+        finally:
+            object.__delattr__(protocol, "_skip_check")
 
     def with_events(self, events: Sequence[Event]) -> Protocol:
         """A copy with other events (e.g. a controller's plan appended to the recorded history)."""

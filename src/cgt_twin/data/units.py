@@ -86,9 +86,13 @@ def parse_unit(unit: str) -> pint.Quantity:
         quantity = ureg.parse_expression(text)
     except Exception as exc:  # pint raises several unrelated types (UndefinedUnitError, TokenError, ...)
         raise UnitConversionError(f"unit {unit!r} is not a unit pint understands ({exc})") from None
-    if not isinstance(quantity, pint.Quantity):  # a bare number such as "1000"
-        quantity = ureg.Quantity(float(quantity), "dimensionless")
-    if not math.isfinite(float(quantity.magnitude)) or quantity.magnitude == 0:
+    try:
+        if not isinstance(quantity, pint.Quantity):  # a bare number such as "1000"
+            quantity = ureg.Quantity(float(quantity), "dimensionless")
+        scale = float(quantity.magnitude)
+    except (OverflowError, TypeError, ValueError) as exc:
+        raise UnitConversionError(f"unit {unit!r} has an unusable scale ({exc})") from None
+    if not math.isfinite(scale) or scale == 0:
         raise UnitConversionError(f"unit {unit!r} has a zero or non-finite scale")
     return quantity
 
@@ -137,11 +141,11 @@ def conversion_factor(from_unit: str, to_unit: str, species: str | None = None) 
     except pint.DimensionalityError:
         pass
     if species is not None and species in MOLAR_MASSES:
+        # mass <-> amount of substance through the molar mass, and nothing else
         molar_mass = ureg.Quantity(MOLAR_MASSES[species], "g/mol")
-        try:
-            return float(source.to(target.units, "chemistry", mw=molar_mass).magnitude / target.magnitude)
-        except (pint.DimensionalityError, ValueError):
-            pass
+        for candidate in (source / molar_mass / target, source * molar_mass / target):
+            if candidate.dimensionless:
+                return float(candidate.to("dimensionless").magnitude)
     raise UnitConversionError(_mismatch(from_unit, to_unit, species))
 
 

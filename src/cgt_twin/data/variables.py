@@ -92,9 +92,14 @@ def lookup(name: str, declared: Mapping[str, VariableSpec] | None = None) -> Var
 def suggest(name: str, known: Iterable[str]) -> str:
     """A ' (did you mean ...?)' hint with the nearest known names, or an empty string."""
     key = str(name).strip().lower()
-    candidates = list(known)
-    exact = [c for c in candidates if c.lower() == key]
-    matches = exact or difflib.get_close_matches(key, candidates, n=3, cutoff=0.6)
+    candidates = [str(c) for c in known]
+    by_lower: dict[str, str] = {}
+    for candidate in candidates:
+        by_lower.setdefault(candidate.lower(), candidate)
+    if key in by_lower:
+        matches = [by_lower[key]]
+    else:
+        matches = [by_lower[m] for m in difflib.get_close_matches(key, list(by_lower), n=3, cutoff=0.6)]
     if not matches:
         return ""
     return " (did you mean " + " or ".join(repr(m) for m in matches) + "?)"

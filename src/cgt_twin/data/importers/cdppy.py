@@ -41,6 +41,7 @@ IGNORED_SHEETS = ("Polynomial Degree",)
 
 CELL_TYPE = "cho"
 BASE_MEDIUM = "base"
+BASE_FREE_OF = ("glucose", "lactate", "glutamine", "ammonia")  # species listed at 0 mM in the base
 
 # Workbook analyte name (lower case, without unit) -> canonical variable name.
 ANALYTE_NAMES: dict[str, str] = {
@@ -785,12 +786,15 @@ def read_cdppy(path: str | os.PathLike) -> CampaignTables:
         notes.append(f"Medium {name!r}: feed volumes recorded but no matching feed in sheet {FEED_SHEET!r}; "
                      f"imported without composition.")
     if base_used:
-        media_rows.append({"medium": BASE_MEDIUM, "species": None, "concentration": math.nan, "unit": None,
-                           "inferred": False,
-                           "note": "base for pH control ('Base Added'); composition not recorded; volume only"})
+        for species in BASE_FREE_OF:
+            media_rows.append({"medium": BASE_MEDIUM, "species": species, "concentration": 0.0, "unit": "mM",
+                               "inferred": True,
+                               "note": "base for pH control ('Base Added'); composition not recorded; taken as "
+                                       "free of metabolites (a volume-only addition)"})
         notes.append(f"'Base Added' (mL) is imported as a bolus of medium {BASE_MEDIUM!r} after the sample at that "
-                     f"time. Medium {BASE_MEDIUM!r} is listed with no species (one row, species blank): its "
-                     f"composition is not recorded and it is treated as a volume-only addition (dilution).")
+                     f"time. Its composition is not recorded; a pH titrant (carbonate/hydroxide) carries none of the "
+                     f"measured metabolites, so {BASE_MEDIUM!r} is listed with {', '.join(BASE_FREE_OF)} at 0 mM, "
+                     f"flagged inferred: a volume-only addition (dilution).")
     if dropped_zero:
         notes.append("Variables exactly 0 at every sample of a run are missing data, not zero; their rows are "
                      "dropped: " + ", ".join(dropped_zero) + ". Isolated zeros inside a run are kept as recorded "
