@@ -8,11 +8,13 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from .data.errors import CampaignValidationError
 
@@ -27,7 +29,7 @@ EXIT_INTERNAL = 1
 
 def _fail_bad_input(error: CampaignValidationError) -> None:
     head = str(error).splitlines()[0]
-    err.print(f"[bold red]invalid input[/]: {head}", markup=True)
+    err.print(f"[bold red]invalid input[/]: {escape(head)}", markup=True)
     for problem in error.problems:
         err.print(f"  - {problem}", markup=False)
     raise typer.Exit(EXIT_BAD_INPUT)
@@ -42,12 +44,12 @@ def _run(action):
     except CampaignValidationError as error:
         _fail_bad_input(error)
     except FileExistsError as error:
-        err.print(f"[bold red]refused[/]: {error}", markup=True)
+        err.print(f"[bold red]refused[/]: {escape(str(error))}", markup=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
     except Exception as error:  # an internal failure: one line, the traceback only on request
         if os.environ.get("CGT_TWIN_DEBUG"):
             raise
-        err.print(f"[bold red]internal error[/] ({type(error).__name__}): {error}\n"
+        err.print(f"[bold red]internal error[/] ({type(error).__name__}): {escape(str(error))}\n"
                   "Set CGT_TWIN_DEBUG=1 for the traceback and please report it.", markup=True)
         raise typer.Exit(EXIT_INTERNAL) from None
 
@@ -98,16 +100,81 @@ def import_(format: Annotated[str, typer.Argument(help="source format: cdppy | h
 
     def body():
         if format not in IMPORTERS:
-            err.print(f"[bold red]invalid input[/]: unknown format {format!r}; known: {', '.join(IMPORTERS)}",
+            err.print(f"[bold red]invalid input[/]: unknown format {escape(repr(format))}; known: "
+                      f"{', '.join(IMPORTERS)}",
                       markup=True)
             raise typer.Exit(EXIT_BAD_INPUT)
         tables = import_tables(format, source)
         campaign = campaign_from_tables(tables)  # nothing is written unless the import is valid
         write_tables(campaign.to_tables(), out_dir, overwrite=overwrite)
         s = campaign.summary()
-        out.print(f"[green]imported[/] {s.n_batches} batches, {len(s.variables)} variables -> {out_dir}", markup=True)
+        out.print(f"[green]imported[/] {s.n_batches} batches, {len(s.variables)} variables -> "
+                  f"{escape(str(out_dir))}", markup=True)
         for note in s.notes:
             out.print(f"  note: {note}", markup=False)
+
+    _run(body)
+
+
+def _parse_options(options: list[str]) -> dict[str, object]:
+    parsed: dict[str, object] = {}
+    for item in options:
+        key, _, value = item.partition("=")
+        text = value.strip().lower()
+        if text in ("", "true", "yes", "1", "on"):
+            parsed[key.strip()] = True if text != "" or "=" not in item else True
+        elif text in ("false", "no", "0", "off"):
+            parsed[key.strip()] = False
+        else:
+            parsed[key.strip()] = value.strip()
+    return parsed
+
+
+@app.command()
+def simulate(folder: Annotated[Path, typer.Argument(help="campaign folder")],
+             model: Annotated[str, typer.Option(help="cho | hek293 | hek293-lv | tcell")],
+             out_file: Annotated[Path, typer.Option("--out", help="long CSV to write")],
+             params: Annotated[Path | None, typer.Option(help="JSON of parameter values")] = None,
+             option: Annotated[list[str], typer.Option(help="model option, e.g. lactate_consumption=true")] = [],  # noqa: B006
+             grid_h: Annotated[float, typer.Option(help="regular output grid step, h (0: measurement times only)")]
+             = 6.0,
+             overwrite: Annotated[bool, typer.Option(help="replace an existing output file")] = False) -> None:
+    """Simulate every batch's protocol from its initial state; write batch,time_h,variable,value,unit,phase."""
+
+    def body():
+        import numpy as np
+
+        from .data.folder import read_campaign
+        from .models.parameters import read_parameter_file
+        from .models.registry import make_kinetics
+        from .models.twin import Twin
+        from .simulate import simulate as run, trajectory_to_long
+
+        if out_file.exists() and not overwrite:
+            raise FileExistsError(f"{out_file} exists; pass --overwrite to replace it")
+        campaign = read_campaign(folder)
+        kinetics = make_kinetics(model, _parse_options(option))
+        values = read_parameter_file(params, kinetics.parameters) if params is not None else None
+        times = campaign.times
+        if grid_h > 0:
+            times = np.union1d(times, np.arange(0.0, times.max() + 1e-9, grid_h))
+        with warnings.catch_warnings():  # skipped batches are reported below, once
+            warnings.simplefilter("ignore", UserWarning)
+            trajectory = run(Twin(kinetics, values), campaign, times)
+        skipped = json.loads(trajectory.attrs.get("skipped", "{}"))
+        for batch, why in skipped.items():
+            err.print(f"skipped batch {batch}: {why}", markup=False)
+        failed = {str(b): str(s) for b, s in zip(trajectory["batch"].values, trajectory["status"].values,
+                                                 strict=True) if s != "ok"}
+        for batch, why in failed.items():
+            err.print(f"[yellow]solver failed[/] for batch {escape(batch)}: {why} (values NaN from the failure on)",
+                      markup=True)
+        table = trajectory_to_long(trajectory)
+        tmp = out_file.with_name(f".{out_file.name}.tmp")
+        table.to_csv(tmp, index=False)
+        os.replace(tmp, out_file)
+        out.print(f"[green]simulated[/] {trajectory.sizes['batch']} batches with {type(kinetics).__name__} "
+                  f"({len(table)} rows) -> {escape(str(out_file))}", markup=True)
 
     _run(body)
 

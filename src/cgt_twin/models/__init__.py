@@ -1,0 +1,11 @@
+"""The model library: generic reactor balance, parameters, and the kinetics of each cell type."""
+
+from .balance import EventCode, apply_event, vector_field
+from .cho import CHOFedBatch
+from .kinetics import AbstractKinetics, Inputs, InternalState, Rates, StateLayout
+from .parameters import Parameter, defaults, from_unconstrained, read_parameter_file, to_unconstrained
+from .twin import Twin
+
+__all__ = ["AbstractKinetics", "CHOFedBatch", "EventCode", "Inputs", "InternalState", "Parameter", "Rates",
+           "StateLayout", "Twin", "apply_event", "defaults", "from_unconstrained", "read_parameter_file",
+           "to_unconstrained", "vector_field"]

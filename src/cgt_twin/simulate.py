@@ -1,0 +1,507 @@
+"""Simulation: one traced `diffeqsolve` per event segment inside a `lax.scan`, vmapped over batches.
+
+`simulate(twin, campaign_or_protocol)` returns a `Trajectory` — an `xarray.Dataset` on the campaign's coordinates
+``(batch, time, phase)`` holding every state and every observed variable in canonical units, plus a per-batch solver
+``status`` ("ok" or why not) and step count. Nothing here raises inside traced code: a solver failure becomes a status
+and NaN values from the failure on, never a crash and never a silent number.
+
+How a protocol becomes arrays (`encode`): a no-op event at t = 0, the batch's events in order, then no-op events up to a
+padded count; segment i runs from event i to event i+1 (the last to the batch's end). At each segment start the event
+is applied (`cgt_twin.models.balance.apply_event`): bolus-type events are jumps, rate-type ones change the inputs. A
+value at a grid time t is taken ``pre`` from the last segment that starts strictly before t and ``post`` from the last
+segment that starts at or before t, so measurements at event times line up with DESIGN.md's time ties.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
+
+import diffrax as dfx
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import xarray as xr
+
+from .data.campaign import Campaign
+from .data.errors import CampaignValidationError, Problem
+from .data.protocol import EventKind, Protocol
+from .models.balance import EventCode, apply_event, vector_field
+from .models.kinetics import AbstractKinetics, Inputs
+from .models.twin import Twin
+
+__all__ = ["SolverSettings", "simulate", "Trajectory", "initial_state", "encode", "EncodedBatch", "STATUS_MESSAGES",
+           "trajectory_to_long"]
+
+Trajectory = xr.Dataset
+"""A simulation result: ``xarray.Dataset`` with dims ``(batch, time, phase)`` (see `simulate`)."""
+
+_RESULT_NAMES = {int(item._value): name for name, item in dfx.RESULTS._name_to_item.items()}
+NONFINITE_STATE = 100
+STATUS_MESSAGES = {**{code: name.replace("_", " ") for code, name in _RESULT_NAMES.items()},
+                   0: "ok", NONFINITE_STATE: "non-finite state"}
+
+
+@dataclasses.dataclass(frozen=True)
+class SolverSettings:
+    """How to integrate.
+
+    Attributes:
+        solver: ``"tsit5"`` (explicit, default for non-stiff models), ``"kvaerno5"`` (implicit, for stiff models),
+            ``"dopri8"`` (reference accuracy); None uses the kinetics' default.
+        rtol, atol: error tolerances on the scaled states (state / the kinetics' typical magnitude).
+        max_steps: maximum solver steps per segment; reaching it is a failure status.
+        adjoint: ``"recursive"`` (reverse mode, default) or ``"forward"`` (forward mode: `jax.jacfwd`).
+    """
+
+    solver: str | None = None
+    rtol: float = 1e-6
+    atol: float = 1e-8
+    max_steps: int = 4096
+    adjoint: str = "recursive"
+
+    def make_solver(self, kinetics: AbstractKinetics):
+        name = self.solver or kinetics.solver
+        solvers = {"tsit5": dfx.Tsit5, "kvaerno5": dfx.Kvaerno5, "dopri5": dfx.Dopri5, "dopri8": dfx.Dopri8}
+        if name not in solvers:
+            raise ValueError(f"unknown solver {name!r}; choose from {sorted(solvers)}")
+        return solvers[name]()
+
+    def make_adjoint(self):
+        if self.adjoint == "recursive":
+            return dfx.RecursiveCheckpointAdjoint()
+        if self.adjoint == "forward":
+            return dfx.ForwardMode()
+        raise ValueError(f"adjoint must be 'recursive' or 'forward', got {self.adjoint!r}")
+
+
+class EncodedBatch(NamedTuple):
+    """One batch's protocol as padded arrays (numpy on the host, stacked over batches for the solver)."""
+
+    t0: np.ndarray  # (N,) segment starts = event times, h
+    t1: np.ndarray  # (N,) segment ends, h
+    code: np.ndarray  # (N,) int32 EventCode
+    amount: np.ndarray  # (N,)
+    conc: np.ndarray  # (N, n_species)
+    y0: np.ndarray  # (n_state,)
+    grid: np.ndarray  # (G,) output times, h
+    pre_index: np.ndarray  # (G,) segment giving the pre value; -1 = initial state
+    post_index: np.ndarray  # (G,) segment giving the post value
+    valid: np.ndarray  # (G,) grid time within the batch's span
+
+
+def _round_up(n: int, multiple: int = 8) -> int:
+    return max(multiple, int(math.ceil(n / multiple) * multiple))
+
+
+def _event_rows(kinetics: AbstractKinetics, protocol: Protocol, batch: str) -> tuple[list, list[str]]:
+    """(time, code, amount, conc) per event, and notes on events this model ignores."""
+    species = list(kinetics.species)
+    n = len(species)
+    rows, ignored = [], []
+
+    def composition(medium_name: str | None, event) -> np.ndarray:
+        medium = protocol.media.get(medium_name) if medium_name else None
+        if medium is None or not medium.is_known:
+            raise CampaignValidationError(Problem(
+                "protocol", f"{event.kind.value} at {event.time_h:g} h uses medium {medium_name!r}, whose "
+                            "composition is not recorded; give its composition (media.csv) to simulate this batch",
+                batch=batch, column="medium"))
+        return np.asarray([medium.concentrations.get(s, 0.0) for s in species])
+
+    def one_hot(target: str) -> np.ndarray:
+        vector = np.zeros(n)
+        vector[species.index(target)] = 1.0
+        return vector
+
+    volume_at = {time: after for time, _, after in protocol.volume_profile()}
+    for event in protocol.events:
+        kind, zero = event.kind, np.zeros(n)
+        if kind is EventKind.SAMPLE:
+            rows.append((event.time_h, EventCode.SAMPLE, event.amount, zero))
+        elif kind is EventKind.BOLUS and event.unit == "L":
+            rows.append((event.time_h, EventCode.BOLUS_MEDIUM, event.amount, composition(event.medium, event)))
+        elif kind is EventKind.BOLUS:
+            if event.target in species:
+                rows.append((event.time_h, EventCode.BOLUS_SPECIES, event.amount, one_hot(event.target)))
+            else:
+                ignored.append(f"bolus of {event.target} at {event.time_h:g} h (not a state of this model)")
+        elif kind in (EventKind.FEED_RATE, EventKind.PERFUSION):
+            code = EventCode.FEED_RATE if kind is EventKind.FEED_RATE else EventCode.PERFUSION
+            conc = composition(event.medium, event) if event.amount > 0 else zero
+            rows.append((event.time_h, code, event.amount, conc))
+        elif kind is EventKind.BLEED:
+            rows.append((event.time_h, EventCode.BLEED, event.amount, zero))
+        elif kind is EventKind.EXCHANGE:
+            fraction = event.amount if event.unit == "1" else event.amount / volume_at.get(event.time_h, math.nan)
+            code = EventCode.SPLIT if event.target == "split" else EventCode.EXCHANGE
+            rows.append((event.time_h, code, min(max(fraction, 0.0), 1.0), composition(event.medium, event)))
+        elif kind is EventKind.SETPOINT:
+            code = {"temperature": EventCode.SETPOINT_TEMPERATURE, "ph": EventCode.SETPOINT_PH,
+                    "do": EventCode.SETPOINT_DO}[event.target]
+            rows.append((event.time_h, code, event.amount, zero))
+        elif kind is EventKind.TRANSFECTION:
+            rows.append((event.time_h, EventCode.TRANSFECTION, event.amount, zero))
+        elif kind is EventKind.STIMULUS:
+            if event.target in species:
+                rows.append((event.time_h, EventCode.STIMULUS_SPECIES, event.amount, one_hot(event.target)))
+            elif event.target and event.unit != "1":
+                ignored.append(f"stimulus {event.target} at {event.time_h:g} h (not a state of this model)")
+            else:
+                rows.append((event.time_h, EventCode.STIMULUS, event.amount, zero))
+        # HARVEST ends the batch (its time is the batch's end); nothing to apply.
+    return rows, ignored
+
+
+def batch_end(protocol: Protocol, times: np.ndarray) -> float:
+    """The end of a batch: its harvest, else the last of its output times and events."""
+    if protocol.harvest_time is not None:
+        return float(protocol.harvest_time)
+    last_event = max((e.time_h for e in protocol.events), default=0.0)
+    finite = times[np.isfinite(times)]
+    return float(max(last_event, finite.max() if finite.size else 0.0))
+
+
+def encode(kinetics: AbstractKinetics, protocol: Protocol, y0: np.ndarray, grid: np.ndarray, t_end: float,
+           n_events: int, batch: str = "batch") -> tuple[EncodedBatch, list[str]]:
+    """Encodes one protocol for the solver, padded to `n_events` segments (see the module docstring)."""
+    rows, ignored = _event_rows(kinetics, protocol, batch)
+    rows = [r for r in rows if r[0] <= t_end]
+    rows = [(0.0, EventCode.NOOP, 0.0, np.zeros(len(kinetics.species)))] + rows
+    if len(rows) > n_events:
+        raise ValueError(f"{len(rows)} events do not fit the padded count {n_events}")
+    rows += [(t_end, EventCode.NOOP, 0.0, np.zeros(len(kinetics.species)))] * (n_events - len(rows))
+    t0 = np.asarray([r[0] for r in rows], dtype=np.float64)
+    t1 = np.append(t0[1:], t_end)
+    grid = np.asarray(grid, dtype=np.float64)
+    valid = grid <= t_end + 1e-9
+    # pre: last segment starting strictly before t (-1: the initial state); post: last starting at or before t.
+    pre_index = np.searchsorted(t0, grid, side="left") - 1
+    post_index = np.searchsorted(t0, grid, side="right") - 1
+    pre_index[grid <= 0] = -1
+    encoded = EncodedBatch(t0, t1, np.asarray([int(r[1]) for r in rows], dtype=np.int32),
+                           np.asarray([r[2] for r in rows], dtype=np.float64), np.stack([r[3] for r in rows]),
+                           np.asarray(y0, dtype=np.float64), grid, pre_index.astype(np.int32),
+                           post_index.astype(np.int32), valid)
+    return encoded, ignored
+
+
+def _solve_one(kinetics: AbstractKinetics, settings: SolverSettings, params, enc: EncodedBatch):
+    """Solves one encoded batch: returns (pre (G, n), post (G, n), status code, accepted steps)."""
+    scale = jnp.asarray(kinetics.state_scales())
+    solver = settings.make_solver(kinetics)
+    controller = dfx.PIDController(rtol=settings.rtol, atol=settings.atol)
+    adjoint = settings.make_adjoint()
+
+    def field(t, z, inputs):
+        return vector_field(kinetics, t, z * scale, inputs, params) / scale
+
+    term = dfx.ODETerm(field)
+    n_grid = enc.grid.shape[0]
+    y0 = jnp.asarray(enc.y0)
+    nan_rows = jnp.full((n_grid, y0.shape[0]), jnp.nan)
+    pre0 = jnp.where((enc.pre_index == -1)[:, None], y0[None, :], nan_rows)
+    carry0 = (y0, Inputs.initial(len(kinetics.species)), pre0, nan_rows, jnp.asarray(0, jnp.int32),
+              jnp.asarray(0, jnp.int32))
+
+    def step(carry, xs):
+        y, inputs, pre, post, status, steps = carry
+        index, t0, t1, code, amount, conc = xs
+        y, inputs = apply_event(kinetics, t0, y, inputs, code, amount, conc, params)
+        ts = jnp.append(jnp.clip(enc.grid, t0, t1), t1)
+        dt0 = jnp.clip(t1 - t0, 1e-6, 0.25)
+        sol = dfx.diffeqsolve(term, solver, t0, t1, dt0, y / scale, args=inputs, saveat=dfx.SaveAt(ts=ts),
+                              stepsize_controller=controller, max_steps=settings.max_steps, throw=False,
+                              adjoint=adjoint)
+        ys = sol.ys * scale
+        result = sol.result._value.astype(jnp.int32)
+        nonfinite = ~jnp.all(jnp.isfinite(ys))
+        result = jnp.where((result == 0) & nonfinite, NONFINITE_STATE, result)
+        status = jnp.where(status == 0, result, status)
+        ys = jnp.where(status == 0, ys, jnp.nan)  # from the first failure on, values are NaN, not plausible numbers
+        pre = jnp.where((enc.pre_index == index)[:, None], ys[:-1], pre)
+        post = jnp.where((enc.post_index == index)[:, None], ys[:-1], post)
+        steps = steps + sol.stats["num_accepted_steps"].astype(jnp.int32)
+        return (ys[-1], inputs, pre, post, status, steps), None
+
+    xs = (jnp.arange(enc.t0.shape[0]), enc.t0, enc.t1, enc.code, enc.amount, enc.conc)
+    (_, _, pre, post, status, steps), _ = jax.lax.scan(step, carry0, xs)
+    invalid = ~enc.valid[:, None]
+    return jnp.where(invalid, jnp.nan, pre), jnp.where(invalid, jnp.nan, post), status, steps
+
+
+@eqx.filter_jit
+def _solve_batches(kinetics: AbstractKinetics, settings: SolverSettings, params, encoded: EncodedBatch,
+                   params_per_batch: bool = False):
+    """All batches at once: one `vmap` of the segmented solve (one compilation per model structure and shape)."""
+    in_axes = (0 if params_per_batch else None, 0)
+    return jax.vmap(lambda p, e: _solve_one(kinetics, settings, p, e), in_axes=in_axes)(params, encoded)
+
+
+@eqx.filter_jit
+def _observe(kinetics: AbstractKinetics, params, states, params_per_batch: bool = False):
+    """Observed variables for states of shape (batch, ..., state)."""
+
+    def one_batch(p, batch_states):
+        flat = batch_states.reshape(-1, batch_states.shape[-1])
+        out = jax.vmap(lambda y: kinetics.observe(kinetics.layout.unpack(y), p))(flat)
+        return {k: v.reshape(batch_states.shape[:-1]) for k, v in out.items()}
+
+    return jax.vmap(one_batch, in_axes=(0 if params_per_batch else None, 0))(params, states)
+
+
+def initial_state(kinetics: AbstractKinetics, campaign: Campaign, batch: str) -> tuple[dict[str, float], dict]:
+    """A batch's initial state from its data: the measured value at t = 0 (mean of replicates, censored values
+    not used), else the initial medium's concentration, else the model's default. Dead cells come from viability
+    when only viable cells and viability were measured.
+
+    Returns:
+        ``(state, source)``: values in canonical units and, per state, where the value came from.
+    """
+    protocol = campaign.protocols[batch]
+    state = kinetics.default_initial_state()
+    source = {name: "model default" for name in state}
+    state["volume"], source["volume"] = protocol.initial_volume, "protocol"
+    medium = protocol.media.get(protocol.initial_medium) if protocol.initial_medium else None
+    if medium is not None:
+        for name in kinetics.species:
+            if name in medium.concentrations:
+                state[name], source[name] = float(medium.concentrations[name]), f"medium {medium.name}"
+    times = campaign.times
+    at_zero = np.nonzero(np.isclose(times, 0.0, atol=1e-9))[0]
+
+    def measured(variable: str) -> float | None:
+        if variable not in campaign.variables or not at_zero.size:
+            return None
+        values = campaign.data[variable].sel(batch=batch, phase="pre").values[at_zero[0]]
+        flags = campaign.censored[variable].sel(batch=batch, phase="pre").values[at_zero[0]]
+        usable = values[np.isfinite(values) & (flags == 0)]
+        return float(usable.mean()) if usable.size else None
+
+    for name in ("vcd", "dead_cells", *kinetics.species):
+        value = measured(name)
+        if value is not None:
+            state[name], source[name] = value, "measured at 0 h"
+    if source["dead_cells"] == "model default":
+        viability = measured("viability")
+        if viability is not None and source["vcd"] == "measured at 0 h" and viability > 0:
+            state["dead_cells"] = state["vcd"] * (1 - viability) / viability
+            source["dead_cells"] = "from viability at 0 h"
+    return state, source
+
+
+def _as_twin(model: Twin | AbstractKinetics) -> Twin:
+    if isinstance(model, Twin):
+        return model
+    if isinstance(model, AbstractKinetics):
+        return Twin(model)
+    raise TypeError(f"expected a Twin or a kinetics, got {type(model).__name__}")
+
+
+def simulate(model: Twin | AbstractKinetics, data: Campaign | Protocol | Mapping[str, Protocol],
+             times: Sequence[float] | np.ndarray | None = None, *,
+             initial_states: Mapping[str, Mapping[str, float]] | Mapping[str, float] | None = None,
+             batches: Sequence[str] | None = None, settings: SolverSettings | None = None,
+             params: Mapping | None = None,
+             batch_params: Mapping[str, Mapping[str, float]] | None = None) -> Trajectory:
+    """Simulates every batch's protocol from its initial state.
+
+    Args:
+        model: a `Twin` (kinetics + parameter values) or a kinetics (default parameters).
+        data: a `Campaign` (each batch's protocol; initial states from its data), one `Protocol`, or a mapping of
+            batch name -> `Protocol`.
+        times: output times in h (default: the campaign's measurement times; for protocols, hourly to the end).
+        initial_states: initial state (canonical units, by state name) for a protocol, or batch -> state; for a
+            campaign, overrides per batch. States not given come from the data, the medium or the model default.
+        batches: simulate only these batches of a campaign.
+        settings: solver settings.
+        params: parameter values overriding the twin's (a pytree; values may be JAX arrays, for gradients).
+        batch_params: batch -> parameter values for that batch only (batch-to-batch variation).
+
+    Returns:
+        A `Trajectory`: dims ``(batch, time, phase)``; one data variable per state and per observed variable
+        (canonical units in ``attrs["units"]``), ``status`` per batch ("ok" or the failure), ``num_steps`` per
+        batch; ``attrs["skipped"]`` lists batches that were not simulated and why (e.g. feeds not recorded).
+
+    Raises:
+        CampaignValidationError: for a campaign of another cell type, unknown batches, or a protocol this model
+            cannot simulate.
+    """
+    twin = _as_twin(model)
+    kinetics = twin.kinetics
+    settings = settings or SolverSettings()
+    params = dict(twin.params) if params is None else {**twin.params, **params}
+    protocols, states, skipped, ignored_notes = _collect(kinetics, data, initial_states, batches)
+    if times is None:
+        if isinstance(data, Campaign):
+            times = data.times
+        else:
+            end = max(batch_end(p, np.asarray([0.0])) for p in protocols.values()) if protocols else 0.0
+            times = np.arange(0.0, end + 1e-9, 1.0)
+    grid = np.unique(np.asarray(times, dtype=np.float64))
+    if grid.size == 0 or np.any(grid < 0) or not np.all(np.isfinite(grid)):
+        raise CampaignValidationError(Problem("times", "output times must be finite, >= 0 and not empty"))
+    names = list(protocols)
+    if not names:
+        return _empty_trajectory(kinetics, grid, skipped)
+    n_events = _round_up(1 + max(len(p.events) for p in protocols.values()), 8)
+    padded_grid = np.concatenate([grid, np.full(_round_up(grid.size, 8) - grid.size, grid[-1])])
+    encoded = []
+    for name in names:
+        y0 = np.asarray([states[name][s] for s in kinetics.layout.names], dtype=np.float64)
+        batch_times = grid if not isinstance(data, Campaign) else _batch_times(data, name, grid)
+        t_end = batch_end(protocols[name], batch_times)
+        enc, ignored = encode(kinetics, protocols[name], y0, padded_grid, t_end, n_events, name)
+        encoded.append(enc)
+        ignored_notes += [f"batch {name}: {note}" for note in ignored]
+    stacked = EncodedBatch(*(np.stack(field) for field in zip(*encoded, strict=True)))
+    per_batch = bool(batch_params)
+    if per_batch:
+        unknown = set(batch_params) - set(names) - set(skipped)
+        if unknown:
+            raise CampaignValidationError(Problem("batch_params", f"unknown batches {sorted(unknown)}"))
+        from .models.parameters import check_values
+
+        for b, values in batch_params.items():
+            check_values(kinetics.parameters, values, f"batch_params[{b!r}]")
+        params = {k: jnp.asarray([batch_params.get(b, {}).get(k, v) for b in names], dtype=jnp.float64)
+                  for k, v in params.items()}
+    pre, post, status, steps = _solve_batches(kinetics, settings, params, jax.tree.map(jnp.asarray, stacked),
+                                              per_batch)
+    states_out = jnp.stack([pre, post], axis=2)[:, : grid.size]  # (batch, time, phase, state)
+    return _to_dataset(twin, params, names, grid, np.asarray(states_out), np.asarray(status), np.asarray(steps),
+                       skipped, ignored_notes, settings, per_batch)
+
+
+def _batch_times(campaign: Campaign, batch: str, grid: np.ndarray) -> np.ndarray:
+    measured = np.zeros(campaign.times.size, dtype=bool)
+    for variable in campaign.variables:
+        values = campaign.data[variable].sel(batch=batch).values
+        measured |= np.isfinite(values).reshape(values.shape[0], -1).any(axis=1)
+    return campaign.times[measured] if measured.any() else grid
+
+
+def _collect(kinetics, data, initial_states, batches):
+    """Protocols and initial states per batch; batches that cannot be simulated go to `skipped` with a reason."""
+    skipped: dict[str, str] = {}
+    protocols: dict[str, Protocol] = {}
+    states: dict[str, dict[str, float]] = {}
+    notes: list[str] = []
+    overrides = dict(initial_states or {})
+    if isinstance(data, Campaign):
+        wanted = list(batches) if batches is not None else list(data.batches)
+        unknown = [b for b in wanted if b not in data.protocols]
+        if unknown:
+            raise CampaignValidationError(Problem("campaign", f"unknown batches {unknown}"))
+        meta = data.batch_metadata()
+        wrong = [b for b in wanted if meta.loc[b, "cell_type"] != kinetics.cell_type]
+        if wrong:
+            raise CampaignValidationError(Problem(
+                "campaign", f"batches {wrong} are not {kinetics.cell_type} cultures (model "
+                            f"{type(kinetics).__name__}); pick the model for their cell type"))
+        for b in wanted:
+            protocol = data.protocols[b]
+            if not protocol.feeds_known:
+                skipped[b] = "feeds not recorded (feeds_known = false): simulating it as unfed would be wrong"
+                continue
+            state, _ = initial_state(kinetics, data, b)
+            state.update(overrides.get(b, {}))
+            protocols[b], states[b] = protocol, state
+    else:
+        mapping = {"batch": data} if isinstance(data, Protocol) else dict(data)
+        single = isinstance(data, Protocol)
+        for b, protocol in mapping.items():
+            if not protocol.feeds_known:
+                skipped[b] = "feeds not recorded (feeds_known = false): simulating it as unfed would be wrong"
+                continue
+            state = kinetics.default_initial_state()
+            state["volume"] = protocol.initial_volume
+            medium = protocol.media.get(protocol.initial_medium) if protocol.initial_medium else None
+            if medium is not None:
+                state.update({s: v for s, v in medium.concentrations.items() if s in kinetics.species})
+            given = overrides if single else overrides.get(b, {})
+            state.update(given)
+            protocols[b], states[b] = protocol, state
+    for b in list(protocols):
+        try:
+            _event_rows(kinetics, protocols[b], b)
+        except CampaignValidationError as err:
+            skipped[b] = "; ".join(p.message for p in err.problems)
+            del protocols[b], states[b]
+        else:
+            unknown_states = set(states[b]) - set(kinetics.layout.names)
+            if unknown_states:
+                raise CampaignValidationError(Problem("initial state", f"unknown states {sorted(unknown_states)} "
+                                                                       f"for {type(kinetics).__name__}", batch=b))
+            bad = {k: v for k, v in states[b].items() if not (math.isfinite(v) and v >= 0)}
+            if bad:
+                raise CampaignValidationError(Problem("initial state", f"initial values must be finite and >= 0: "
+                                                                       f"{bad}", batch=b))
+    for b, why in skipped.items():
+        warnings.warn(f"batch {b} not simulated: {why}", stacklevel=3)
+    return protocols, states, skipped, notes
+
+
+def _to_dataset(twin, params, names, grid, states, status, steps, skipped, notes, settings,
+                per_batch=False) -> xr.Dataset:
+    kinetics = twin.kinetics
+    layout = kinetics.layout
+    units = layout.units()
+    coords = {"batch": np.asarray(names, dtype=object), "time": grid, "phase": ["pre", "post"]}
+    data_vars = {}
+    observed = _observe(kinetics, params, jnp.asarray(states), per_batch)
+    from .data.variables import CANONICAL_VARIABLES
+
+    for name, values in observed.items():
+        unit = CANONICAL_VARIABLES[name].unit if name in CANONICAL_VARIABLES else units.get(name, "")
+        data_vars[name] = (("batch", "time", "phase"), np.asarray(values), {"units": unit})
+    for i, name in enumerate(layout.names):
+        key = name if name not in data_vars else name
+        if key in data_vars:
+            continue
+        data_vars[key] = (("batch", "time", "phase"), states[..., i], {"units": units[name], "kind": "state"})
+    data_vars["status"] = (("batch",), np.asarray([STATUS_MESSAGES.get(int(s), f"solver code {int(s)}")
+                                                   for s in status], dtype=object))
+    data_vars["num_steps"] = (("batch",), steps.astype(np.int64))
+    ds = xr.Dataset(data_vars, coords=coords)
+    ds["time"].attrs = {"units": "h", "long_name": "time from inoculation"}
+    ds.attrs = {"model": type(kinetics).__name__, "cell_type": kinetics.cell_type,
+                "params": json.dumps({k: np.asarray(v).tolist() for k, v in params.items()}),
+                "solver": json.dumps(dataclasses.asdict(settings)), "skipped": json.dumps(skipped),
+                "notes": json.dumps(notes), "states": json.dumps(list(layout.names))}
+    return ds
+
+
+def _empty_trajectory(kinetics, grid, skipped) -> xr.Dataset:
+    ds = xr.Dataset(coords={"batch": np.asarray([], dtype=object), "time": grid, "phase": ["pre", "post"]})
+    ds.attrs = {"model": type(kinetics).__name__, "skipped": json.dumps(skipped), "notes": "[]"}
+    return ds
+
+
+def trajectory_to_long(trajectory: xr.Dataset, variables: Sequence[str] | None = None) -> "pd.DataFrame":  # noqa: F821
+    """A trajectory as the long table ``batch, time_h, variable, value, unit, phase`` (finite values only; post
+    rows only where they differ from pre)."""
+    import pandas as pd
+
+    skip = {"status", "num_steps"}
+    variables = [v for v in (variables or trajectory.data_vars) if v not in skip]
+    frames = []
+    for variable in variables:
+        values = trajectory[variable].transpose("batch", "time", "phase").values
+        pre, post = values[..., 0], values[..., 1]
+        for phase, array, keep in (("pre", pre, np.isfinite(pre)),
+                                   ("post", post, np.isfinite(post) & ~np.isclose(post, pre, rtol=1e-12, atol=0))):
+            b, t = np.nonzero(keep)
+            frames.append(pd.DataFrame({"batch": trajectory["batch"].values[b].astype(str),
+                                        "time_h": trajectory["time"].values[t], "variable": variable,
+                                        "value": array[b, t], "unit": trajectory[variable].attrs.get("units", ""),
+                                        "phase": phase}))
+    if not frames:
+        return pd.DataFrame(columns=["batch", "time_h", "variable", "value", "unit", "phase"])
+    return pd.concat(frames, ignore_index=True).sort_values(["batch", "time_h", "variable", "phase"],
+                                                            kind="stable").reset_index(drop=True)
