@@ -117,16 +117,25 @@ def import_(format: Annotated[str, typer.Argument(help="source format: cdppy | h
 
 
 def _parse_options(options: list[str]) -> dict[str, object]:
+    """``key`` or ``key=value`` pairs: true/false/yes/no/on/off are booleans, numbers are numbers, the rest text."""
     parsed: dict[str, object] = {}
     for item in options:
-        key, _, value = item.partition("=")
-        text = value.strip().lower()
-        if text in ("", "true", "yes", "1", "on"):
-            parsed[key.strip()] = True if text != "" or "=" not in item else True
-        elif text in ("false", "no", "0", "off"):
+        key, sep, value = item.partition("=")
+        text = value.strip()
+        if not sep:
+            parsed[key.strip()] = True
+        elif text.lower() in ("true", "yes", "on"):
+            parsed[key.strip()] = True
+        elif text.lower() in ("false", "no", "off"):
             parsed[key.strip()] = False
         else:
-            parsed[key.strip()] = value.strip()
+            try:
+                parsed[key.strip()] = int(text)
+            except ValueError:
+                try:
+                    parsed[key.strip()] = float(text)
+                except ValueError:
+                    parsed[key.strip()] = text
     return parsed
 
 

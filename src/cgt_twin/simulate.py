@@ -35,8 +35,8 @@ from .models.balance import EventCode, apply_event, vector_field
 from .models.kinetics import AbstractKinetics, Inputs
 from .models.twin import Twin
 
-__all__ = ["SolverSettings", "simulate", "Trajectory", "initial_state", "encode", "EncodedBatch", "STATUS_MESSAGES",
-           "trajectory_to_long"]
+__all__ = ["SolverSettings", "simulate", "simulate_draws", "prepare", "Prepared", "Trajectory", "initial_state",
+           "encode", "EncodedBatch", "STATUS_MESSAGES", "trajectory_to_long"]
 
 Trajectory = xr.Dataset
 """A simulation result: ``xarray.Dataset`` with dims ``(batch, time, phase)`` (see `simulate`)."""
@@ -168,31 +168,68 @@ def batch_end(protocol: Protocol, times: np.ndarray) -> float:
 
 
 def encode(kinetics: AbstractKinetics, protocol: Protocol, y0: np.ndarray, grid: np.ndarray, t_end: float,
-           n_events: int, batch: str = "batch") -> tuple[EncodedBatch, list[str]]:
-    """Encodes one protocol for the solver, padded to `n_events` segments (see the module docstring)."""
+           n_segments: int, batch: str = "batch", n_grid: int | None = None) -> tuple[EncodedBatch, list[str]]:
+    """Encodes one protocol for the solver (see the module docstring).
+
+    Every event and every output time is a segment boundary, so the solver only ever saves the end of a segment:
+    a value at an output time t is ``pre`` = the end of the segment that ends at t, ``post`` = the start (after the
+    event jumps) of the last segment that starts at t.
+
+    Args:
+        grid: output times, h (those after `t_end` are dropped).
+        n_segments: padded number of segments (`segments_needed` gives the minimum).
+        n_grid: padded number of output times (default: as many as in `grid`).
+    """
     rows, ignored = _event_rows(kinetics, protocol, batch)
+    n_species = len(kinetics.species)
+    zero = np.zeros(n_species)
     rows = [r for r in rows if r[0] <= t_end]
-    rows = [(0.0, EventCode.NOOP, 0.0, np.zeros(len(kinetics.species)))] + rows
-    if len(rows) > n_events:
-        raise ValueError(f"{len(rows)} events do not fit the padded count {n_events}")
-    rows += [(t_end, EventCode.NOOP, 0.0, np.zeros(len(kinetics.species)))] * (n_events - len(rows))
+    grid = np.unique(np.asarray(grid, dtype=np.float64))
+    grid = grid[(grid >= 0) & (grid <= t_end + 1e-9)]
+    event_times = {r[0] for r in rows}
+    boundaries = [(t, EventCode.NOOP, 0.0, zero) for t in grid if t not in event_times and t > 0]
+    rows = sorted([(0.0, EventCode.NOOP, 0.0, zero), *rows, *boundaries], key=lambda r: r[0])  # stable
+    rows.append((t_end, EventCode.NOOP, 0.0, zero))
+    if len(rows) > n_segments:
+        raise ValueError(f"{len(rows)} segments do not fit the padded count {n_segments}")
+    rows += [(t_end, EventCode.NOOP, 0.0, zero)] * (n_segments - len(rows))
     t0 = np.asarray([r[0] for r in rows], dtype=np.float64)
     t1 = np.append(t0[1:], t_end)
-    grid = np.asarray(grid, dtype=np.float64)
-    valid = grid <= t_end + 1e-9
-    # pre: last segment starting strictly before t (-1: the initial state); post: last starting at or before t.
-    pre_index = np.searchsorted(t0, grid, side="left") - 1
-    post_index = np.searchsorted(t0, grid, side="right") - 1
-    pre_index[grid <= 0] = -1
+    n_grid = grid.size if n_grid is None else n_grid
+    if grid.size > n_grid:
+        raise ValueError(f"{grid.size} output times do not fit the padded count {n_grid}")
+    valid = np.zeros(n_grid, dtype=bool)
+    valid[: grid.size] = True
+    padded = np.concatenate([grid, np.full(n_grid - grid.size, t_end)])
+    # pre: the end of the last segment starting strictly before t (-1: the initial state);
+    # post: the start of the last segment starting at or before t.
+    pre_index = np.searchsorted(t0, padded, side="left") - 1
+    post_index = np.searchsorted(t0, padded, side="right") - 1
+    pre_index[padded <= 0] = -1
     encoded = EncodedBatch(t0, t1, np.asarray([int(r[1]) for r in rows], dtype=np.int32),
                            np.asarray([r[2] for r in rows], dtype=np.float64), np.stack([r[3] for r in rows]),
-                           np.asarray(y0, dtype=np.float64), grid, pre_index.astype(np.int32),
+                           np.asarray(y0, dtype=np.float64), padded, pre_index.astype(np.int32),
                            post_index.astype(np.int32), valid)
     return encoded, ignored
 
 
+def segments_needed(kinetics: AbstractKinetics, protocol: Protocol, grid: np.ndarray, t_end: float) -> int:
+    """How many segments `encode` needs for this protocol and output grid."""
+    rows, _ = _event_rows(kinetics, protocol, "batch")
+    times = {r[0] for r in rows if r[0] <= t_end}
+    grid = np.asarray(grid, dtype=np.float64)
+    extra = {t for t in grid[(grid > 0) & (grid <= t_end + 1e-9)] if t not in times}
+    return 2 + sum(1 for r in rows if r[0] <= t_end) + len(extra)
+
+
 def _solve_one(kinetics: AbstractKinetics, settings: SolverSettings, params, enc: EncodedBatch):
-    """Solves one encoded batch: returns (pre (G, n), post (G, n), status code, accepted steps)."""
+    """Solves one encoded batch: returns (pre (G, n), post (G, n), status code, accepted steps).
+
+    The scan body is kept to the event jump and the solve: on CPU every extra small operation inside the loop costs a
+    kernel launch per segment (and saving at many times inside a solve costs more than a segment boundary), so each
+    solve saves only its end, and the pre/post selection, the failure poisoning and the checks happen once, after the
+    scan. Each segment starts with the step size the previous one ended with.
+    """
     scale = jnp.asarray(kinetics.state_scales())
     solver = settings.make_solver(kinetics)
     controller = dfx.PIDController(rtol=settings.rtol, atol=settings.atol)
@@ -202,37 +239,37 @@ def _solve_one(kinetics: AbstractKinetics, settings: SolverSettings, params, enc
         return vector_field(kinetics, t, z * scale, inputs, params) / scale
 
     term = dfx.ODETerm(field)
-    n_grid = enc.grid.shape[0]
-    y0 = jnp.asarray(enc.y0)
-    nan_rows = jnp.full((n_grid, y0.shape[0]), jnp.nan)
-    pre0 = jnp.where((enc.pre_index == -1)[:, None], y0[None, :], nan_rows)
-    carry0 = (y0, Inputs.initial(len(kinetics.species)), pre0, nan_rows, jnp.asarray(0, jnp.int32),
-              jnp.asarray(0, jnp.int32))
+    z0 = jnp.asarray(enc.y0) / scale
 
     def step(carry, xs):
-        y, inputs, pre, post, status, steps = carry
-        index, t0, t1, code, amount, conc = xs
-        y, inputs = apply_event(kinetics, t0, y, inputs, code, amount, conc, params)
-        ts = jnp.append(jnp.clip(enc.grid, t0, t1), t1)
-        dt0 = jnp.clip(t1 - t0, 1e-6, 0.25)
-        sol = dfx.diffeqsolve(term, solver, t0, t1, dt0, y / scale, args=inputs, saveat=dfx.SaveAt(ts=ts),
-                              stepsize_controller=controller, max_steps=settings.max_steps, throw=False,
-                              adjoint=adjoint)
-        ys = sol.ys * scale
-        result = sol.result._value.astype(jnp.int32)
-        nonfinite = ~jnp.all(jnp.isfinite(ys))
-        result = jnp.where((result == 0) & nonfinite, NONFINITE_STATE, result)
-        status = jnp.where(status == 0, result, status)
-        ys = jnp.where(status == 0, ys, jnp.nan)  # from the first failure on, values are NaN, not plausible numbers
-        pre = jnp.where((enc.pre_index == index)[:, None], ys[:-1], pre)
-        post = jnp.where((enc.post_index == index)[:, None], ys[:-1], post)
-        steps = steps + sol.stats["num_accepted_steps"].astype(jnp.int32)
-        return (ys[-1], inputs, pre, post, status, steps), None
+        z, inputs, dt = carry
+        t0, t1, code, amount, conc = xs
+        y, inputs = apply_event(kinetics, t0, z * scale, inputs, code, amount, conc, params)
+        z = y / scale
+        length = t1 - t0
+        sol = dfx.diffeqsolve(term, solver, t0, t1, jnp.clip(dt, 1e-6, jnp.maximum(length, 1e-6)), z, args=inputs,
+                              saveat=dfx.SaveAt(t1=True), stepsize_controller=controller,
+                              max_steps=settings.max_steps, throw=False, adjoint=adjoint)
+        steps = sol.stats["num_accepted_steps"]
+        dt = jnp.where((length > 0) & (steps > 0), length / jnp.maximum(steps, 1), dt)
+        end = sol.ys[-1]
+        return (end, inputs, dt), (z, end, sol.result._value, steps)
 
-    xs = (jnp.arange(enc.t0.shape[0]), enc.t0, enc.t1, enc.code, enc.amount, enc.conc)
-    (_, _, pre, post, status, steps), _ = jax.lax.scan(step, carry0, xs)
-    invalid = ~enc.valid[:, None]
-    return jnp.where(invalid, jnp.nan, pre), jnp.where(invalid, jnp.nan, post), status, steps
+    xs = (enc.t0, enc.t1, enc.code, enc.amount, enc.conc)
+    carry0 = (z0, Inputs.initial(len(kinetics.species)), jnp.asarray(0.1))
+    _, (starts, ends, results, steps) = jax.lax.scan(step, carry0, xs)
+    n_segments = enc.t0.shape[0]
+    pre = jnp.where((enc.pre_index >= 0)[:, None], ends[jnp.maximum(enc.pre_index, 0)], z0) * scale
+    post = starts[enc.post_index] * scale
+    finite = jnp.all(jnp.isfinite(ends), axis=1) & jnp.all(jnp.isfinite(starts), axis=1)
+    codes = jnp.where((results == 0) & ~finite, NONFINITE_STATE, results).astype(jnp.int32)
+    failed = codes != 0
+    first = jnp.where(jnp.any(failed), jnp.argmax(failed), n_segments)  # first failed segment
+    status = jnp.where(first < n_segments, codes[jnp.minimum(first, n_segments - 1)], 0)
+    # from the first failure on, values are NaN, never plausible numbers
+    pre = jnp.where(((enc.pre_index >= first) | ~enc.valid)[:, None], jnp.nan, pre)
+    post = jnp.where(((enc.post_index >= first) | ~enc.valid)[:, None], jnp.nan, post)
+    return pre, post, status, jnp.sum(steps).astype(jnp.int32)
 
 
 @eqx.filter_jit
@@ -303,7 +340,100 @@ def _as_twin(model: Twin | AbstractKinetics) -> Twin:
     raise TypeError(f"expected a Twin or a kinetics, got {type(model).__name__}")
 
 
-def simulate(model: Twin | AbstractKinetics, data: Campaign | Protocol | Mapping[str, Protocol],
+class Prepared(NamedTuple):
+    """A campaign or set of protocols encoded for the solver (host-side work done once, reusable across solves).
+
+    Attributes:
+        twin: the model.
+        names: the simulated batches, in order.
+        grid: the output times, h (unpadded).
+        encoded: the stacked, padded protocols (JAX arrays with a leading batch axis).
+        skipped: batch -> why it was not simulated.
+        notes: events the model ignores, per batch.
+        grid_index: where each batch's own output times sit in `grid` (a campaign's batches are solved at their own
+            measurement times only, then placed on the common grid).
+    """
+
+    twin: Twin
+    names: tuple[str, ...]
+    grid: np.ndarray
+    encoded: EncodedBatch
+    skipped: dict[str, str]
+    notes: list[str]
+    grid_index: np.ndarray  # (batch, own grid) -> index into `grid`, -1 for padding
+
+
+def prepare(model: Twin | AbstractKinetics, data: Campaign | Protocol | Mapping[str, Protocol],
+            times: Sequence[float] | np.ndarray | None = None, *,
+            initial_states: Mapping[str, Mapping[str, float]] | Mapping[str, float] | None = None,
+            batches: Sequence[str] | None = None) -> Prepared:
+    """Checks and encodes what `simulate` will solve (see `simulate` for the arguments). Fitting and sampling call
+    this once and then solve many times with other parameters."""
+    twin = _as_twin(model)
+    kinetics = twin.kinetics
+    protocols, states, skipped, notes = _collect(kinetics, data, initial_states, batches)
+    explicit_times = times
+    if times is None:
+        if isinstance(data, Campaign):
+            times = data.times
+        else:
+            end = max(batch_end(p, np.asarray([0.0])) for p in protocols.values()) if protocols else 0.0
+            times = np.arange(0.0, end + 1e-9, 1.0)
+    grid = np.unique(np.asarray(times, dtype=np.float64))
+    if grid.size == 0 or np.any(grid < 0) or not np.all(np.isfinite(grid)):
+        raise CampaignValidationError(Problem("times", "output times must be finite, >= 0 and not empty"))
+    names = tuple(protocols)
+    if not names:
+        return Prepared(twin, names, grid, None, skipped, notes, None)
+    own_grids, ends = {}, {}
+    for name in names:
+        own = _batch_times(data, name, grid) if isinstance(data, Campaign) and explicit_times is None else grid
+        ends[name] = batch_end(protocols[name], own)
+        own_grids[name] = own[own <= ends[name] + 1e-9]
+    n_grid = _round_up(max(g.size for g in own_grids.values()), 8)
+    n_segments = _round_up(max(segments_needed(kinetics, protocols[n], own_grids[n], ends[n]) for n in names), 8)
+    encoded, grid_index = [], np.full((len(names), n_grid), -1, dtype=np.int64)
+    for i, name in enumerate(names):
+        y0 = np.asarray([states[name][s] for s in kinetics.layout.names], dtype=np.float64)
+        enc, ignored = encode(kinetics, protocols[name], y0, own_grids[name], ends[name], n_segments, name, n_grid)
+        encoded.append(enc)
+        grid_index[i, : own_grids[name].size] = np.searchsorted(grid, own_grids[name])
+        notes += [f"batch {name}: {note}" for note in ignored]
+    stacked = EncodedBatch(*(jnp.asarray(np.stack(field)) for field in zip(*encoded, strict=True)))
+    return Prepared(twin, names, grid, stacked, skipped, notes, grid_index)
+
+
+def _scatter(values: np.ndarray, grid_index: np.ndarray, n_grid: int) -> np.ndarray:
+    """Per-batch outputs (..., batch, own time, ...) onto the common grid (..., batch, time, ...), NaN elsewhere."""
+    values = np.asarray(values)
+    batch_axis = values.ndim - 3  # (..., batch, own_time, state)
+    shape = list(values.shape)
+    shape[batch_axis + 1] = n_grid
+    out = np.full(shape, np.nan)
+    for b in range(grid_index.shape[0]):
+        ok = grid_index[b] >= 0
+        index = [slice(None)] * values.ndim
+        index[batch_axis] = b
+        target = list(index)
+        index[batch_axis + 1] = np.nonzero(ok)[0]
+        target[batch_axis + 1] = grid_index[b][ok]
+        out[tuple(target)] = values[tuple(index)]
+    return out
+
+
+def _per_batch_params(kinetics, params, names, skipped, batch_params):
+    unknown = set(batch_params) - set(names) - set(skipped)
+    if unknown:
+        raise CampaignValidationError(Problem("batch_params", f"unknown batches {sorted(unknown)}"))
+    from .models.parameters import check_values
+
+    for b, values in batch_params.items():
+        check_values(kinetics.parameters, values, f"batch_params[{b!r}]")
+    return {k: jnp.asarray([batch_params.get(b, {}).get(k, v) for b in names], dtype=jnp.float64)
+            for k, v in params.items()}
+
+
+def simulate(model: Twin | AbstractKinetics, data: Campaign | Protocol | Mapping[str, Protocol] | Prepared,
              times: Sequence[float] | np.ndarray | None = None, *,
              initial_states: Mapping[str, Mapping[str, float]] | Mapping[str, float] | None = None,
              batches: Sequence[str] | None = None, settings: SolverSettings | None = None,
@@ -313,8 +443,8 @@ def simulate(model: Twin | AbstractKinetics, data: Campaign | Protocol | Mapping
 
     Args:
         model: a `Twin` (kinetics + parameter values) or a kinetics (default parameters).
-        data: a `Campaign` (each batch's protocol; initial states from its data), one `Protocol`, or a mapping of
-            batch name -> `Protocol`.
+        data: a `Campaign` (each batch's protocol; initial states from its data), one `Protocol`, a mapping of
+            batch name -> `Protocol`, or the result of `prepare`.
         times: output times in h (default: the campaign's measurement times; for protocols, hourly to the end).
         initial_states: initial state (canonical units, by state name) for a protocol, or batch -> state; for a
             campaign, overrides per batch. States not given come from the data, the medium or the model default.
@@ -333,49 +463,90 @@ def simulate(model: Twin | AbstractKinetics, data: Campaign | Protocol | Mapping
             cannot simulate.
     """
     twin = _as_twin(model)
+    prepared = data if isinstance(data, Prepared) else prepare(twin, data, times, initial_states=initial_states,
+                                                               batches=batches)
     kinetics = twin.kinetics
     settings = settings or SolverSettings()
     params = dict(twin.params) if params is None else {**twin.params, **params}
-    protocols, states, skipped, ignored_notes = _collect(kinetics, data, initial_states, batches)
-    if times is None:
-        if isinstance(data, Campaign):
-            times = data.times
-        else:
-            end = max(batch_end(p, np.asarray([0.0])) for p in protocols.values()) if protocols else 0.0
-            times = np.arange(0.0, end + 1e-9, 1.0)
-    grid = np.unique(np.asarray(times, dtype=np.float64))
-    if grid.size == 0 or np.any(grid < 0) or not np.all(np.isfinite(grid)):
-        raise CampaignValidationError(Problem("times", "output times must be finite, >= 0 and not empty"))
-    names = list(protocols)
-    if not names:
-        return _empty_trajectory(kinetics, grid, skipped)
-    n_events = _round_up(1 + max(len(p.events) for p in protocols.values()), 8)
-    padded_grid = np.concatenate([grid, np.full(_round_up(grid.size, 8) - grid.size, grid[-1])])
-    encoded = []
-    for name in names:
-        y0 = np.asarray([states[name][s] for s in kinetics.layout.names], dtype=np.float64)
-        batch_times = grid if not isinstance(data, Campaign) else _batch_times(data, name, grid)
-        t_end = batch_end(protocols[name], batch_times)
-        enc, ignored = encode(kinetics, protocols[name], y0, padded_grid, t_end, n_events, name)
-        encoded.append(enc)
-        ignored_notes += [f"batch {name}: {note}" for note in ignored]
-    stacked = EncodedBatch(*(np.stack(field) for field in zip(*encoded, strict=True)))
+    if not prepared.names:
+        return _empty_trajectory(kinetics, prepared.grid, prepared.skipped)
     per_batch = bool(batch_params)
     if per_batch:
-        unknown = set(batch_params) - set(names) - set(skipped)
-        if unknown:
-            raise CampaignValidationError(Problem("batch_params", f"unknown batches {sorted(unknown)}"))
-        from .models.parameters import check_values
+        params = _per_batch_params(kinetics, params, prepared.names, prepared.skipped, batch_params)
+    pre, post, status, steps = _solve_batches(kinetics, settings, params, prepared.encoded, per_batch)
+    n = prepared.grid.size
+    states_out = np.stack([_scatter(pre, prepared.grid_index, n), _scatter(post, prepared.grid_index, n)],
+                          axis=2)  # (batch, time, phase, state)
+    return _to_dataset(twin, params, list(prepared.names), prepared.grid, states_out,
+                       np.asarray(status), np.asarray(steps), prepared.skipped, prepared.notes, settings, per_batch)
 
-        for b, values in batch_params.items():
-            check_values(kinetics.parameters, values, f"batch_params[{b!r}]")
-        params = {k: jnp.asarray([batch_params.get(b, {}).get(k, v) for b in names], dtype=jnp.float64)
-                  for k, v in params.items()}
-    pre, post, status, steps = _solve_batches(kinetics, settings, params, jax.tree.map(jnp.asarray, stacked),
-                                              per_batch)
-    states_out = jnp.stack([pre, post], axis=2)[:, : grid.size]  # (batch, time, phase, state)
-    return _to_dataset(twin, params, names, grid, np.asarray(states_out), np.asarray(status), np.asarray(steps),
-                       skipped, ignored_notes, settings, per_batch)
+
+@eqx.filter_jit
+def _solve_draws(kinetics: AbstractKinetics, settings: SolverSettings, draws, encoded: EncodedBatch):
+    """Every parameter draw on every batch: a `vmap` over draws of the `vmap` over batches."""
+    return jax.vmap(lambda p: jax.vmap(lambda e: _solve_one(kinetics, settings, p, e))(encoded))(draws)
+
+
+def simulate_draws(model: Twin | AbstractKinetics, data: Campaign | Protocol | Mapping[str, Protocol] | Prepared,
+                   draws: Mapping[str, np.ndarray], times: Sequence[float] | np.ndarray | None = None, *,
+                   settings: SolverSettings | None = None, chunk_size: int | None = None,
+                   **prepare_kwargs) -> xr.Dataset:
+    """Simulates many parameter draws (posterior or ensemble) of the same batches in one vectorised solve.
+
+    Args:
+        model: the twin; parameters not in `draws` keep its values.
+        data: as for `simulate`.
+        draws: parameter name -> array of shape (n_draws,).
+        times: output times, h.
+        settings: solver settings.
+        chunk_size: solve at most this many draws at once (bounds memory; default all).
+
+    Returns:
+        A Dataset like `simulate`'s with a leading ``draw`` dimension on every variable, and ``status`` /
+        ``num_steps`` of dims ``(draw, batch)``.
+    """
+    twin = _as_twin(model)
+    prepared = data if isinstance(data, Prepared) else prepare(twin, data, times, **prepare_kwargs)
+    settings = settings or SolverSettings()
+    sizes = {k: np.shape(v)[0] for k, v in draws.items()}
+    if len(set(sizes.values())) != 1:
+        raise ValueError(f"every parameter needs the same number of draws, got {sizes}")
+    n = next(iter(sizes.values()))
+    from .models.parameters import check_values
+
+    check_values(twin.kinetics.parameters, {k: np.asarray(v) for k, v in draws.items()}, "draws")
+    full = {k: jnp.asarray(draws[k], dtype=jnp.float64) if k in draws else jnp.full(n, v, dtype=jnp.float64)
+            for k, v in twin.params.items()}
+    chunk = chunk_size or n
+    outputs = []
+    for start in range(0, n, chunk):
+        part = jax.tree.map(lambda a, start=start: a[start:start + chunk], full)
+        outputs.append(jax.device_get(_solve_draws(twin.kinetics, settings, part, prepared.encoded)))
+    pre, post, status, steps = (np.concatenate(parts) for parts in zip(*outputs, strict=True))
+    n_grid = prepared.grid.size
+    states = np.stack([_scatter(pre, prepared.grid_index, n_grid), _scatter(post, prepared.grid_index, n_grid)],
+                      axis=3)  # (draw, batch, time, phase, state)
+    observed = jax.vmap(lambda p, s: _observe(twin.kinetics, p, s))(full, jnp.asarray(states))
+    layout = twin.kinetics.layout
+    units = layout.units()
+    from .data.variables import CANONICAL_VARIABLES
+
+    dims = ("draw", "batch", "time", "phase")
+    data_vars = {name: (dims, np.asarray(values), {"units": CANONICAL_VARIABLES[name].unit
+                                                   if name in CANONICAL_VARIABLES else units.get(name, "")})
+                 for name, values in observed.items()}
+    for i, name in enumerate(layout.names):
+        if name not in data_vars:
+            data_vars[name] = (dims, states[..., i], {"units": units[name], "kind": "state"})
+    data_vars["status"] = (("draw", "batch"), np.vectorize(lambda s: STATUS_MESSAGES.get(int(s), f"code {s}"),
+                                                           otypes=[object])(status))
+    data_vars["num_steps"] = (("draw", "batch"), steps.astype(np.int64))
+    for k, v in full.items():
+        data_vars[f"param_{k}"] = (("draw",), np.asarray(v))
+    ds = xr.Dataset(data_vars, coords={"draw": np.arange(n), "batch": np.asarray(prepared.names, dtype=object),
+                                       "time": prepared.grid, "phase": ["pre", "post"]})
+    ds.attrs = {"model": type(twin.kinetics).__name__, "skipped": json.dumps(prepared.skipped)}
+    return ds
 
 
 def _batch_times(campaign: Campaign, batch: str, grid: np.ndarray) -> np.ndarray:

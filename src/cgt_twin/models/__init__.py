@@ -3,9 +3,10 @@
 from .balance import EventCode, apply_event, vector_field
 from .cho import CHOFedBatch
 from .kinetics import AbstractKinetics, Inputs, InternalState, Rates, StateLayout
+from .tcell import TCellExpansion
 from .parameters import Parameter, defaults, from_unconstrained, read_parameter_file, to_unconstrained
 from .twin import Twin
 
 __all__ = ["AbstractKinetics", "CHOFedBatch", "EventCode", "Inputs", "InternalState", "Parameter", "Rates",
-           "StateLayout", "Twin", "apply_event", "defaults", "from_unconstrained", "read_parameter_file",
+           "StateLayout", "TCellExpansion", "Twin", "apply_event", "defaults", "from_unconstrained", "read_parameter_file",
            "to_unconstrained", "vector_field"]

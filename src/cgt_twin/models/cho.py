@@ -65,8 +65,10 @@ CHO_PARAMETERS: tuple[Parameter, ...] = (
               0.5),
     Parameter("q_p", 1.51, "mg/(1e9 cells)/h", "specific productivity (1.51e-12 g/cell/h, 36 pg/cell/d)",
               "PMC5874891 Table 2 ('exp'; models.md §3.1)", 1e-4, 50.0, 0.7),
-    Parameter("eps_switch", 0.01, "mM", "concentration below which uptakes switch off smoothly (numerical)",
-              "this library (smooth switch replacing the codes' hard cut-off)", 1e-5, 1.0, 0.5),
+    Parameter("eps_switch", 0.1, "mM", "concentration below which uptakes switch off smoothly (numerical)",
+              "this library: replaces the codes' hard cut-off; 0.1 mM keeps depletion non-stiff (measured: 0.01 mM "
+              "made 1 % of posterior-like draws take 3-7x the median steps) and changes uptakes by < 2 % above 5 mM",
+              1e-5, 1.0, 0.5),
 )
 
 CHO_OPTION_PARAMETERS: dict[str, tuple[Parameter, ...]] = {
