@@ -1,7 +1,7 @@
 """The demo behind ``make demo`` / ``cgt-twin demo``: load a real campaign, summarise it and plot it.
 
 Data: the UMN CHO fed-batch workbook from ``../shared/datasets`` when it is there (imported with the CDPpy importer),
-otherwise the example campaign bundled in ``datasets/``. Later capabilities (calibration, uncertainty, feeding)
+otherwise the synthetic CHO campaign bundled in ``datasets/cho_fedbatch_synthetic``. Later capabilities (calibration, uncertainty, feeding)
 join the demo as they land.
 """
 
@@ -53,8 +53,9 @@ def _load(data: Path | None, console: Console) -> Campaign:
 
         console.print(f"Using the real UMN CHO fed-batch runs: {shared / UMN_WORKBOOK}", markup=False)
         return import_campaign("cdppy", shared / UMN_WORKBOOK)
-    folder = bundled_datasets() / "example_cho_fedbatch"
-    console.print(f"../shared/datasets not found; using the bundled example campaign {folder}", markup=False)
+    folder = bundled_datasets() / "cho_fedbatch_synthetic"
+    console.print(f"../shared/datasets not found; using the bundled example campaign {folder} (synthetic, made by "
+                  "datasets/make_demo_campaigns.py)", markup=False)
     return read_campaign(folder)
 
 

@@ -28,8 +28,8 @@ DEFAULT_NOISE: Mapping[str, tuple[float, float]] = {
     "vcd": (0.08, 0.02), "dead_cells": (0.10, 0.02), "viability": (0.0, 0.01), "glucose": (0.04, 0.1),
     "lactate": (0.05, 0.1), "glutamine": (0.06, 0.05), "glutamate": (0.06, 0.05), "ammonia": (0.08, 0.1),
     "titer": (0.07, 1.0), "vg_titer": (0.25, 0.0), "capsid_titer": (0.20, 0.0), "functional_titer": (0.30, 0.0),
-    "full_capsid_fraction": (0.10, 0.005), "il2": (0.10, 1.0), "memory_fraction": (0.0, 0.03),
-    "exhausted_fraction": (0.0, 0.03), "volume": (0.0, 0.0005),
+    "full_capsid_fraction": (0.10, 0.002), "il2": (0.10, 1.0), "memory_fraction": (0.05, 0.01),
+    "exhausted_fraction": (0.10, 0.003), "volume": (0.0, 0.0005),
 }
 
 

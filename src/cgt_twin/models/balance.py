@@ -132,8 +132,8 @@ def apply_event(kinetics: AbstractKinetics, t: Float[Array, ""], y: Float[Array,
     def stimulus(y, u):
         return y, u._replace(stimulus=amount, stimulus_time=t)
 
-    def stimulus_species(y, u):
-        return y + conc_full * amount, u._replace(stimulus_time=t)
+    def stimulus_species(y, u):  # a cytokine added: a species jump; the activation stimulus is unchanged
+        return y + conc_full * amount, u
 
     branches = [noop, sample, bolus_medium, bolus_species, feed_rate, perfusion, bleed, exchange, split,
                 setpoint_temperature, setpoint_ph, setpoint_do, transfection, stimulus, stimulus_species]
