@@ -28,10 +28,10 @@ demo: $(STAMP)
 	$(VENV)/bin/cgt-twin demo --out demo_out
 
 test: $(STAMP)
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --durations=15 tests
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=15 tests
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -n $(PYTEST_WORKERS) -m "not slow" -q tests
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not slow" -q tests
 
 clean:
 	rm -rf demo_out .pytest_cache .hypothesis .jax_cache

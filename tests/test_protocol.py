@@ -40,6 +40,8 @@ def test_volume_profile_integrates_rates_and_jumps():
          "set-point target"),
         (dict(initial_volume=1.0, events=(Event(5, "exchange", 1.5, "1", medium="feed"),)), "within 0..1"),
         (dict(initial_volume=1.0, media={"bad": Medium("bad", {"glucoze": 1.0})}), "unknown species 'glucoze'"),
+        (dict(initial_volume=1.0, events=(Event(5, "exchange", 1.5, "L", medium="feed"),)),
+         "more than the 1 L in the vessel"),
     ],
 )
 def test_bad_protocols_are_rejected_at_construction(kwargs, phrase):

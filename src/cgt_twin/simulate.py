@@ -119,8 +119,8 @@ def _event_rows(kinetics: AbstractKinetics, protocol: Protocol, batch: str) -> t
         vector[species.index(target)] = 1.0
         return vector
 
-    volume_at = {time: after for time, _, after in protocol.volume_profile()}
-    for event in protocol.events:
+    profile = protocol.volume_profile()[1:]  # (time, volume before, volume after) of each event, in event order
+    for event, (_, volume_before, _) in zip(protocol.events, profile, strict=True):
         kind, zero = event.kind, np.zeros(n)
         if kind is EventKind.SAMPLE:
             rows.append((event.time_h, EventCode.SAMPLE, event.amount, zero))
@@ -138,7 +138,7 @@ def _event_rows(kinetics: AbstractKinetics, protocol: Protocol, batch: str) -> t
         elif kind is EventKind.BLEED:
             rows.append((event.time_h, EventCode.BLEED, event.amount, zero))
         elif kind is EventKind.EXCHANGE:
-            fraction = event.amount if event.unit == "1" else event.amount / volume_at.get(event.time_h, math.nan)
+            fraction = event.amount if event.unit == "1" else event.amount / volume_before
             code = EventCode.SPLIT if event.target == "split" else EventCode.EXCHANGE
             rows.append((event.time_h, code, min(max(fraction, 0.0), 1.0), composition(event.medium, event)))
         elif kind is EventKind.SETPOINT:
@@ -467,7 +467,8 @@ def simulate(model: Twin | AbstractKinetics, data: Campaign | Protocol | Mapping
                                                                batches=batches)
     kinetics = twin.kinetics
     settings = settings or SolverSettings()
-    params = dict(twin.params) if params is None else {**twin.params, **params}
+    params = dict(twin.params) if params is None else \
+        {**twin.params, **{k: jnp.asarray(v, dtype=jnp.float64) for k, v in params.items()}}  # arrays: no retrace
     if not prepared.names:
         return _empty_trajectory(kinetics, prepared.grid, prepared.skipped)
     per_batch = bool(batch_params)

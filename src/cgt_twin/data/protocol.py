@@ -332,6 +332,12 @@ class Protocol:
                 event_problem(f"{label}: an exchanged fraction must be within 0..1, got {event.amount:g}", "amount")
         for position, (time, before, after) in enumerate(self.volume_profile()):
             event = position - 1 if position > 0 else None
+            if event is not None:
+                current = self.events[event]
+                if current.kind is EventKind.EXCHANGE and current.unit == "L" and math.isfinite(current.amount) \
+                        and current.amount > before * (1 + 1e-9):
+                    add(f"exchange of {current.amount:g} L at {time:g} h is more than the {before:g} L in the vessel",
+                        "amount", event)
             if after < -1e-12 or before < -1e-12:
                 add(f"volume becomes negative ({min(before, after):g} L) at {time:g} h", "amount", event)
                 break
