@@ -7,14 +7,20 @@ from cgt_twin.data import CampaignValidationError, Event, EventKind, Medium, Pro
 FEED = Medium("feed", {"glucose": 400.0})
 
 
-def test_events_are_ordered_by_time_then_time_ties():
-    events = [Event(24, "setpoint", 34.0, "degC", target="temperature"),
+def test_events_at_one_time_follow_the_time_ties():
+    events = [Event(0, "sample", 0.004, "L"),
+              Event(24, "setpoint", 34.0, "degC", target="temperature"),
               Event(24, "bolus", 0.03, "L", medium="feed"),
-              Event(24, "sample", 0.004, "L"),
-              Event(0, "sample", 0.004, "L")]
+              Event(24, "sample", 0.004, "L")]
     protocol = Protocol(1.0, tuple(events), {"feed": FEED})
     assert [e.kind for e in protocol.events] == [EventKind.SAMPLE, EventKind.SAMPLE, EventKind.BOLUS,
                                                  EventKind.SETPOINT]
+
+
+def test_events_listed_in_any_order_are_put_in_time_order():
+    events = (Event(24, "sample", 0.004, "L"), Event(0, "sample", 0.004, "L"))
+    assert [e.time_h for e in Protocol(1.0, events).events] == [0, 24]
+    assert [e.time_h for e in Protocol(1.0).with_events(events).events] == [0, 24]
 
 
 def test_volume_profile_integrates_rates_and_jumps():

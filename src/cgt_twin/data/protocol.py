@@ -191,7 +191,10 @@ class Protocol:
 
     def __post_init__(self):
         object.__setattr__(self, "declared", MappingProxyType(dict(self.declared)))
-        events = tuple(sorted(self.events, key=lambda e: e.sort_key))
+        given = tuple(self.events)
+        # Events are ordered here, by time and at one time by DESIGN.md's time ties (sample, then boluses, then
+        # set-points): the order in which they are listed carries no information, so it is not an error.
+        events = tuple(sorted(given, key=lambda e: e.sort_key))
         object.__setattr__(self, "events", events)
         object.__setattr__(self, "media", MappingProxyType(dict(self.media)))
         object.__setattr__(self, "initial_volume", float(self.initial_volume))
@@ -370,5 +373,5 @@ class Protocol:
             object.__delattr__(protocol, "_skip_check")
 
     def with_events(self, events: Sequence[Event]) -> Protocol:
-        """A copy with other events (e.g. a controller's plan appended to the recorded history)."""
-        return dataclasses.replace(self, events=tuple(events))
+        """A copy with other events, sorted by time (e.g. a controller's plan merged into the recorded history)."""
+        return dataclasses.replace(self, events=tuple(sorted(events, key=lambda e: e.sort_key)))
