@@ -142,6 +142,9 @@ def write_tables(tables: CampaignTables, path: str | os.PathLike, *, overwrite: 
         raise FileExistsError(f"{target} exists and is not a folder")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    _umask = os.umask(0)
+    os.umask(_umask)
+    os.chmod(staging, 0o777 & ~_umask)  # mkdtemp makes it private; the result should look like any new folder
     try:
         for key, name in FILE_NAMES.items():
             frame = getattr(tables, key)

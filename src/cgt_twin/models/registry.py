@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from ..data.errors import CampaignValidationError, Problem
 from .kinetics import AbstractKinetics
 
-__all__ = ["MODELS", "make_kinetics"]
+__all__ = ["MODELS", "make_kinetics", "register_model"]
 
 MODELS: dict[str, str] = {
     "cho": "cgt_twin.models.cho:CHOFedBatch",
@@ -22,10 +22,13 @@ MODELS: dict[str, str] = {
 def kinetics_class(name: str) -> type[AbstractKinetics]:
     try:
         module, cls = MODELS[name].split(":")
-    except KeyError:
+    except (KeyError, TypeError, AttributeError):
         raise CampaignValidationError(Problem("--model", f"unknown model {name!r}; known: {', '.join(MODELS)}")) \
             from None
-    return getattr(importlib.import_module(module), cls)
+    target = importlib.import_module(module)
+    for part in cls.split("."):
+        target = getattr(target, part)
+    return target
 
 
 def make_kinetics(name: str, options: Mapping[str, object] | None = None) -> AbstractKinetics:
@@ -38,3 +41,14 @@ def make_kinetics(name: str, options: Mapping[str, object] | None = None) -> Abs
         raise CampaignValidationError(Problem("--option", f"model {name!r} has no options {unknown}; its options: "
                                                           f"{', '.join(fields) or 'none'}"))
     return cls(**options)
+
+
+def register_model(name: str, cls: type[AbstractKinetics]) -> None:
+    """Registers a user kinetics under `name`, so that artifacts can save it and the CLI can name it. Loading an
+    artifact of it needs the same registration first (artifacts never import code named in a file)."""
+    if not (isinstance(cls, type) and issubclass(cls, AbstractKinetics)):
+        raise TypeError(f"{cls!r} is not an AbstractKinetics subclass")
+    target = f"{cls.__module__}:{cls.__qualname__}"
+    if name in MODELS and MODELS[name] != target:
+        raise ValueError(f"model name {name!r} is already registered for {MODELS[name]}")
+    MODELS[name] = target

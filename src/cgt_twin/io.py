@@ -1,0 +1,275 @@
+"""Twin artifacts: a fitted twin as a folder of JSON metadata and one array file — never pickle.
+
+Layout of an artifact folder:
+
+- ``twin.json``: schema version; the model (registered model name, its options, parameter values with units, the
+  neural residual's specification); the content hash; library and dependency versions; the data hash and the fit
+  settings when it came from a fit; free metadata.
+- ``arrays.npz``: the neural residual's weights (numpy format, read with ``allow_pickle=False``), if any.
+- ``provenance.jsonl``: an append-only, hash-chained log of every fit, prediction and sample made with it.
+
+The content hash (SHA-256 of the canonical model JSON and the array bytes) is checked on every load, so a tampered or
+truncated artifact fails with a clear message; the log is not covered by it (it grows). Artifacts are written to a
+temporary folder and renamed into place. Models are looked up by name in a registry (`cgt_twin.models.registry`),
+never imported from a path written in the file: loading an artifact runs no code from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import getpass
+import hashlib
+import io as _io
+import json
+import os
+import platform
+import shutil
+import tempfile
+from collections.abc import Mapping
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from .data.errors import CampaignValidationError, Problem
+from .hybrid import HybridKinetics, ResidualSpec, hybrid
+from .models.kinetics import AbstractKinetics
+from .models.registry import MODELS, make_kinetics
+from .models.twin import Twin
+
+__all__ = ["SCHEMA_VERSION", "save_twin", "load_twin", "append_provenance", "read_provenance", "verify_provenance",
+           "campaign_hash", "ArtifactError"]
+
+SCHEMA_VERSION = 1
+"""Version of the artifact layout this library writes; it reads this and every older one."""
+_DEPENDENCIES = ("cgt_twin", "jax", "jaxlib", "equinox", "diffrax", "optax", "optimistix", "numpyro", "numpy", "xarray",
+                 "pint")
+
+
+class ArtifactError(CampaignValidationError):
+    """A twin artifact that cannot be loaded (missing, tampered, truncated, newer schema, unknown model)."""
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for name in _DEPENDENCIES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    out["python"] = platform.python_version()
+    return out
+
+
+def _canonical(obj) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def _model_name(kinetics: AbstractKinetics) -> str:
+    cls = type(kinetics)
+    for name, target in MODELS.items():
+        module, qualname = target.split(":")
+        if cls.__module__ == module and cls.__qualname__ == qualname:
+            return name
+    raise ValueError(f"{cls.__name__} is not a registered model; register it with "
+                     "cgt_twin.models.registry.register_model(name, cls) to save it")
+
+
+def _options(kinetics: AbstractKinetics) -> dict:
+    out = {}
+    for field in dataclasses.fields(kinetics):
+        value = getattr(kinetics, field.name)
+        out[field.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def _model_section(twin: Twin) -> tuple[dict, dict[str, np.ndarray]]:
+    kinetics = twin.kinetics
+    arrays: dict[str, np.ndarray] = {}
+    residual = None
+    if isinstance(kinetics, HybridKinetics):
+        spec = dataclasses.asdict(kinetics.spec)
+        spec["additive_scale"] = dict(kinetics.spec.additive_scale)
+        leaves = jax.tree_util.tree_leaves(kinetics.residual)
+        arrays = {f"residual_{i:03d}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
+        residual = {"spec": spec, "n_arrays": len(leaves)}
+        kinetics = kinetics.core
+    units = {p.name: p.unit for p in kinetics.parameters}
+    section = {"model": _model_name(kinetics), "options": _options(kinetics),
+               "parameters": {k: {"value": float(np.asarray(v)), "unit": units.get(k, "")}
+                              for k, v in twin.params.items()},
+               "residual": residual}
+    return section, arrays
+
+
+def _content_hash(section: Mapping, array_bytes: bytes) -> str:
+    digest = hashlib.sha256(_canonical(section))
+    digest.update(array_bytes)
+    return "sha256:" + digest.hexdigest()
+
+
+def campaign_hash(campaign) -> str:
+    """SHA-256 of a campaign's canonical tables (measurements, protocols, media), for provenance."""
+    tables = campaign.to_tables()
+    digest = hashlib.sha256()
+    for frame in (tables.batches, tables.measurements, tables.events, tables.media):
+        digest.update(frame.to_csv(index=False, lineterminator="\n").encode())
+    return "sha256:" + digest.hexdigest()
+
+
+def save_twin(twin: Twin, path: str | os.PathLike, *, overwrite: bool = False, data_hash: str | None = None,
+              fit_settings: Mapping | None = None, metadata: Mapping | None = None) -> Path:
+    """Writes a twin artifact folder atomically (see the module docstring); returns its path.
+
+    Raises:
+        FileExistsError: if the folder exists and `overwrite` is False.
+        ValueError: for a kinetics that is not registered.
+    """
+    target = Path(path)
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target} exists; pass overwrite=True to replace it")
+    section, arrays = _model_section(twin)
+    buffer = _io.BytesIO()
+    np.savez(buffer, **arrays)
+    array_bytes = buffer.getvalue()
+    document = {"format": "cgt_twin twin", "schema_version": SCHEMA_VERSION, "model": section,
+                "content_hash": _content_hash(section, array_bytes),
+                "created_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                "versions": _versions(), "data_hash": data_hash, "fit_settings": dict(fit_settings or {}),
+                "metadata": dict(metadata or {})}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    _umask = os.umask(0)
+    os.umask(_umask)
+    os.chmod(staging, 0o777 & ~_umask)  # mkdtemp makes it private; the result should look like any new folder
+    try:
+        (staging / "twin.json").write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        (staging / "arrays.npz").write_bytes(array_bytes)
+        if target.exists() and (target / "provenance.jsonl").exists():
+            shutil.copy2(target / "provenance.jsonl", staging / "provenance.jsonl")  # the log is never lost
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+            old.rmdir()
+            os.replace(target, old)
+            os.replace(staging, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _fail(path: Path, message: str):
+    raise ArtifactError(Problem(str(path), message), header="cannot load twin artifact")
+
+
+def load_twin(path: str | os.PathLike) -> Twin:
+    """Loads a twin artifact, checking its schema and content hash.
+
+    Raises:
+        ArtifactError: for a missing, tampered, truncated or newer-schema artifact or an unknown model.
+    """
+    folder = Path(path)
+    meta_file = folder / "twin.json"
+    if not meta_file.is_file():
+        _fail(folder, "not a twin artifact (no twin.json)")
+    try:
+        document = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        _fail(meta_file, f"unreadable or truncated JSON ({exc})")
+    if not isinstance(document, dict) or document.get("format") != "cgt_twin twin":
+        _fail(meta_file, "not a cgt_twin twin artifact")
+    schema = document.get("schema_version")
+    if not isinstance(schema, int):
+        _fail(meta_file, f"schema_version must be an integer, got {schema!r}")
+    if schema > SCHEMA_VERSION:
+        _fail(meta_file, f"schema version {schema} is newer than this library reads ({SCHEMA_VERSION}); upgrade "
+                         "cgt_twin")
+    try:
+        array_bytes = (folder / "arrays.npz").read_bytes()
+    except OSError as exc:
+        _fail(folder / "arrays.npz", f"missing or unreadable ({exc})")
+    section = document.get("model")
+    if not isinstance(section, dict):
+        _fail(meta_file, "no model section")
+    expected = document.get("content_hash")
+    actual = _content_hash(section, array_bytes)
+    if expected != actual:
+        _fail(folder, f"content hash mismatch: the artifact was modified or truncated after it was written "
+                      f"(recorded {expected}, found {actual})")
+    try:
+        kinetics = make_kinetics(section["model"], {k: tuple(v) if isinstance(v, list) else v
+                                                    for k, v in section["options"].items()})
+        params = {k: v["value"] for k, v in section["parameters"].items()}
+        if section.get("residual"):
+            spec_dict = dict(section["residual"]["spec"])
+            spec = ResidualSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec_dict.items()})
+            kinetics = hybrid(kinetics, spec)
+            with np.load(_io.BytesIO(array_bytes), allow_pickle=False) as stored:
+                leaves = [stored[f"residual_{i:03d}"] for i in range(section["residual"]["n_arrays"])]
+            like_leaves, treedef = jax.tree_util.tree_flatten(kinetics.residual)
+            if [np.shape(x) for x in like_leaves] != [x.shape for x in leaves]:
+                _fail(folder, "residual weights do not match its specification")
+            residual = jax.tree_util.tree_unflatten(treedef, [jax.numpy.asarray(x) for x in leaves])
+            kinetics = HybridKinetics(core=kinetics.core, residual=residual, spec=spec)
+        return Twin(kinetics, params)
+    except ArtifactError:
+        raise
+    except CampaignValidationError as exc:
+        _fail(folder, f"invalid model section: {'; '.join(p.message for p in exc.problems)}")
+    except (KeyError, TypeError, ValueError) as exc:
+        _fail(folder, f"invalid model section ({type(exc).__name__}: {exc})")
+
+
+def append_provenance(path: str | os.PathLike, command: str, *, status: str, data_hash: str | None = None,
+                      seed: int | None = None, details: Mapping | None = None) -> dict:
+    """Appends one record (UTC time, user, command, versions, data hash, seed, status) to the artifact's hash-chained
+    log and returns it. Each record stores the hash of the previous one, so editing or deleting a record breaks
+    the chain (`verify_provenance`)."""
+    log = Path(path) / "provenance.jsonl"
+    records = read_provenance(path) if log.exists() else []
+    previous = records[-1]["hash"] if records else "sha256:" + "0" * 64
+    try:
+        user = getpass.getuser()
+    except Exception:  # no user database in some containers
+        user = "unknown"
+    record = {"utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "user": user,
+              "host": platform.node(), "command": command, "versions": _versions(), "data_hash": data_hash,
+              "seed": seed, "status": status, "details": dict(details or {}), "previous": previous}
+    record["hash"] = "sha256:" + hashlib.sha256(_canonical(record)).hexdigest()
+    with open(log, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record, sort_keys=True) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    return record
+
+
+def read_provenance(path: str | os.PathLike) -> list[dict]:
+    """The provenance records of an artifact, oldest first (empty if there is no log)."""
+    log = Path(path) / "provenance.jsonl"
+    if not log.exists():
+        return []
+    records = []
+    for number, line in enumerate(log.read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            raise ArtifactError(Problem(str(log), "not a JSON record", row=number)) from None
+    return records
+
+
+def verify_provenance(path: str | os.PathLike) -> None:
+    """Checks the hash chain of the provenance log; raises `ArtifactError` naming the first broken record."""
+    previous = "sha256:" + "0" * 64
+    log = Path(path) / "provenance.jsonl"
+    for number, record in enumerate(read_provenance(path), start=1):
+        claimed = record.get("hash")
+        body = {k: v for k, v in record.items() if k != "hash"}
+        if record.get("previous") != previous or claimed != "sha256:" + hashlib.sha256(_canonical(body)).hexdigest():
+            raise ArtifactError(Problem(str(log), "provenance chain broken: the record was edited, removed or "
+                                                  "reordered", row=number))
+        previous = claimed
