@@ -22,9 +22,10 @@ import optimistix as optx
 from ..data.campaign import Campaign
 from ..data.errors import CampaignValidationError, Problem
 from ..models.twin import Twin
-from ..simulate import SolverSettings, _solve_batches, prepare
+from ..simulate import SolverSettings, prepare
 from .likelihood import negative_log_likelihood
 from .observations import ObservationData, align, observable_variables
+from .prediction import predict_observed
 
 __all__ = ["FitConfig", "FitResult", "fit_mechanistic"]
 
@@ -180,10 +181,7 @@ def fit_mechanistic(twin: Twin, campaign: Campaign, config: FitConfig | None = N
         if state_index.size:
             new_y0 = encoded.y0.at[:, state_index].set(jnp.exp(theta["initial"]))
             encoded = encoded._replace(y0=new_y0)
-        pre, post, status, _ = _solve_batches(kinetics, settings, values, encoded)
-        states = jnp.stack([pre, post], axis=2)  # (batch, grid, phase, state)
-        observed = jax.vmap(jax.vmap(jax.vmap(lambda y: kinetics.observe(layout.unpack(y), values))))(states)
-        prediction = jnp.stack([observed[v] for v in variables])  # (variable, batch, grid, phase)
+        prediction, status = predict_observed(kinetics, values, encoded, settings, variables)
         return prediction, status
 
     def objective(theta, _args=None, settings=settings):

@@ -1,0 +1,233 @@
+"""Training the neural residual of a hybrid twin (optax), with checkpoints, early stopping and a progress bar.
+
+`train_hybrid` minimises the negative log-likelihood of the training batches (noise held at the values of the
+mechanistic stage, `FitResult.noise`) over the residual's weights — and, with ``joint=True``, over the log of chosen
+mechanistic parameters too — with AdamW (weight decay), global-norm gradient clipping and early stopping on
+validation batches. Every step is one compiled, vmapped solve of all training batches. Long fits write a checkpoint
+every few steps and resume from it: a fit whose process is killed ends where an uninterrupted one ends.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Mapping
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ..data.campaign import Campaign
+from ..data.errors import CampaignValidationError, Problem
+from ..hybrid import HybridKinetics
+from ..models.twin import Twin
+from ..simulate import SolverSettings, prepare
+from .checkpoint import fingerprint, load_checkpoint, save_checkpoint
+from .likelihood import negative_log_likelihood
+from .observations import align, observable_variables
+from .prediction import predict_observed
+
+__all__ = ["TrainConfig", "TrainResult", "train_hybrid", "NonFiniteLossError"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the message names the step and the batches concerned."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How to train.
+
+    Attributes:
+        variables: measured variables in the loss (default: every measured variable the model predicts).
+        validation: batches held out of the gradient, used for early stopping.
+        steps: maximum optimiser steps (full-batch).
+        learning_rate, weight_decay, clip_norm: AdamW and gradient clipping.
+        patience: stop when the validation loss has not improved for this many steps (no validation: never).
+        joint: also train the log of `parameters` (the mechanistic ones), not only the network.
+        parameters: mechanistic parameters trained when `joint`.
+        checkpoint_dir: where to write checkpoints (None: no checkpoints); an existing checkpoint of the same fit is
+            resumed.
+        checkpoint_every: steps between checkpoints.
+        progress: show a progress bar (terminal or notebook).
+        solver: solver settings inside the fit.
+    """
+
+    variables: tuple[str, ...] | None = None
+    validation: tuple[str, ...] = ()
+    steps: int = 300
+    learning_rate: float = 3e-3
+    weight_decay: float = 1e-4
+    clip_norm: float = 1.0
+    patience: int = 50
+    joint: bool = False
+    parameters: tuple[str, ...] = ()
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 10
+    progress: bool = True
+    solver: SolverSettings = SolverSettings()
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """The trained twin and its loss history (one dict per step: step, train, validation, seconds)."""
+
+    twin: Twin
+    history: list[dict]
+    best_step: int
+    stopped: str
+    seconds: float
+    resumed_from: int | None
+
+
+def _trainable(twin: Twin, parameters) -> dict:
+    return {"residual": twin.kinetics.residual,
+            "log_params": {p: jnp.log(jnp.asarray(twin.params[p], dtype=jnp.float64)) for p in parameters}}
+
+
+def train_hybrid(twin: Twin, campaign: Campaign, noise: Mapping[str, tuple[float, float]],
+                 config: TrainConfig | None = None) -> TrainResult:
+    """Trains the residual of a hybrid `twin` (see the module docstring).
+
+    Args:
+        twin: a twin whose kinetics is a `HybridKinetics` (usually the mechanistic fit wrapped by `hybrid`).
+        campaign: the data; batches whose feeds are unknown are skipped.
+        noise: variable -> (σ_abs, σ_rel), e.g. `FitResult.noise` of the mechanistic stage.
+        config: the settings.
+
+    Raises:
+        CampaignValidationError: for bad input (before compiling).
+        NonFiniteLossError: if the loss becomes non-finite (the last good checkpoint is kept).
+    """
+    config = config or TrainConfig()
+    start = time.perf_counter()
+    kinetics = twin.kinetics
+    problems = []
+    if not isinstance(kinetics, HybridKinetics):
+        problems.append(Problem("twin", "the twin has no neural residual; wrap its kinetics with "
+                                        "cgt_twin.hybrid.hybrid(...) first"))
+    predicted = observable_variables(kinetics, twin.params)
+    variables = list(config.variables) if config.variables is not None else \
+        [v for v in campaign.variables if v in predicted]
+    problems += [Problem("variables", f"the model cannot predict {v!r}", column=v) for v in variables
+                 if v not in predicted]
+    problems += [Problem("noise", f"no noise level for {v!r} (give FitResult.noise)", column=v) for v in variables
+                 if v not in noise]
+    unknown = [b for b in config.validation if b not in campaign.batches]
+    if unknown:
+        problems.append(Problem("validation", f"unknown batches {unknown}"))
+    train_batches = [b for b in campaign.batches if b not in config.validation and campaign.protocols[b].feeds_known]
+    if not train_batches:
+        problems.append(Problem("campaign", "no training batches left"))
+    problems += [Problem("parameters", f"unknown parameter {p!r}") for p in config.parameters
+                 if p not in twin.params]
+    if problems:
+        raise CampaignValidationError(problems, header="cannot train")
+
+    parameters = tuple(config.parameters) if config.joint else ()
+    sets = {"train": train_batches, "validation": [b for b in config.validation]}
+    problems_data = {}
+    for name, batches in sets.items():
+        if not batches:
+            continue
+        prepared = prepare(twin, campaign, batches=batches)
+        problems_data[name] = (prepared, align(campaign, prepared, variables))
+    sigma_abs = jnp.asarray([noise[v][0] for v in variables])[:, None, None, None, None]
+    sigma_rel = jnp.asarray([noise[v][1] for v in variables])[:, None, None, None, None]
+    base_params = dict(twin.params)
+    settings = config.solver
+
+    def per_batch_loss(trainable, which):
+        prepared, data = problems_data[which]
+        model = eqx.tree_at(lambda k: k.residual, kinetics, trainable["residual"])
+        params = {**base_params, **{k: jnp.exp(v) for k, v in trainable["log_params"].items()}}
+        prediction, status = predict_observed(model, params, prepared.encoded, settings, variables)
+        nll = jax.vmap(lambda p, v, m, c: negative_log_likelihood(p[..., None], v, m, c, sigma_abs[:, 0],
+                                                                   sigma_rel[:, 0]),
+                       in_axes=(1, 1, 1, 1))(prediction, data.values, data.mask, data.censored)
+        return jnp.where(status == 0, nll, jnp.nan)  # a failed solve is a non-finite loss, never a silent number
+
+    def loss(trainable):
+        return jnp.sum(per_batch_loss(trainable, "train"))
+
+    optimiser = optax.chain(optax.clip_by_global_norm(config.clip_norm),
+                            optax.adamw(config.learning_rate, weight_decay=config.weight_decay))
+    trainable = _trainable(twin, parameters)
+    opt_state = optimiser.init(eqx.filter(trainable, eqx.is_array))
+
+    @eqx.filter_jit
+    def step(trainable, opt_state):
+        value, grads = eqx.filter_value_and_grad(loss)(trainable)
+        updates, opt_state = optimiser.update(grads, opt_state, eqx.filter(trainable, eqx.is_array))
+        return eqx.apply_updates(trainable, updates), opt_state, value
+
+    @eqx.filter_jit
+    def validation_loss(trainable):
+        return jnp.sum(per_batch_loss(trainable, "validation"))
+
+    key = fingerprint({"variables": variables, "train": train_batches, "validation": list(config.validation),
+                       "config": {k: v for k, v in dataclasses.asdict(config).items()
+                                  if k not in ("steps", "progress", "checkpoint_dir", "checkpoint_every")},
+                       "spec": dataclasses.asdict(kinetics.spec), "params": {k: float(v) for k, v in
+                                                                              base_params.items()}})
+    history: list[dict] = []
+    first_step, resumed = 0, None
+    state = {"trainable": trainable, "opt_state": opt_state, "best": trainable}
+    if config.checkpoint_dir:
+        loaded = load_checkpoint(config.checkpoint_dir, state, key)
+        if loaded is not None:
+            state, first_step, history = loaded
+            resumed = first_step
+    trainable, opt_state, best = state["trainable"], state["opt_state"], state["best"]
+    best_value = min((h["validation"] if "validation" in problems_data else h["train"] for h in history),
+                     default=math.inf)
+    best_step = next((h["step"] for h in history if (h["validation"] if "validation" in problems_data
+                                                     else h["train"]) == best_value), 0)
+    stopped = "maximum steps"
+    bar = _progress(config, first_step)
+    try:
+        for index in range(first_step, config.steps):
+            new_trainable, new_opt_state, value = step(trainable, opt_state)
+            value = float(value)
+            if not math.isfinite(value):
+                per_batch = np.asarray(eqx.filter_jit(per_batch_loss)(trainable, "train"))
+                bad = [b for b, v in zip(train_batches, per_batch, strict=True) if not math.isfinite(v)]
+                raise NonFiniteLossError(f"training loss became non-finite at step {index + 1} (batches {bad}); "
+                                         f"the last good checkpoint is kept"
+                                         + (f" in {config.checkpoint_dir}" if config.checkpoint_dir else ""))
+            record = {"step": index + 1, "train": value}
+            if "validation" in problems_data:
+                record["validation"] = float(validation_loss(new_trainable))
+            trainable, opt_state = new_trainable, new_opt_state
+            monitored = record.get("validation", record["train"])
+            if monitored < best_value:
+                best_value, best_step, best = monitored, index + 1, trainable
+            history.append(record)
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k != "step"})
+            done = "validation" in problems_data and index + 1 - best_step >= config.patience
+            if config.checkpoint_dir and ((index + 1) % config.checkpoint_every == 0 or done
+                                          or index + 1 == config.steps):
+                save_checkpoint(config.checkpoint_dir, {"trainable": trainable, "opt_state": opt_state,
+                                                        "best": best}, index + 1, history, key)
+            if done:
+                stopped = f"early stopping: no validation improvement for {config.patience} steps"
+                break
+    finally:
+        bar.close()
+    final = best if "validation" in problems_data else trainable
+    model = eqx.tree_at(lambda k: k.residual, kinetics, final["residual"])
+    params = {**{k: float(v) for k, v in base_params.items()},
+              **{k: float(jnp.exp(v)) for k, v in final["log_params"].items()}}
+    return TrainResult(Twin(model, params), history, best_step, stopped, time.perf_counter() - start, resumed)
+
+
+def _progress(config: TrainConfig, initial: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=config.steps, initial=initial, desc="training residual", unit="step",
+                disable=not config.progress or bool(os.environ.get("CGT_TWIN_NO_PROGRESS")))
