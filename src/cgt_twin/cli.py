@@ -5,6 +5,7 @@ Exit codes: 0 success, 2 bad input (every problem listed, no traceback), 1 inter
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -184,6 +185,116 @@ def simulate(folder: Annotated[Path, typer.Argument(help="campaign folder")],
         os.replace(tmp, out_file)
         out.print(f"[green]simulated[/] {trajectory.sizes['batch']} batches with {type(kinetics).__name__} "
                   f"({len(table)} rows) -> {escape(str(out_file))}", markup=True)
+
+    _run(body)
+
+
+def _split(text: str | None) -> tuple[str, ...]:
+    return tuple(b.strip() for b in text.split(",") if b.strip()) if text else ()
+
+
+@app.command()
+def fit(folder: Annotated[Path, typer.Argument(help="campaign folder")],
+        model: Annotated[str, typer.Option(help="cho | hek293 | hek293-lv | tcell")],
+        out_dir: Annotated[Path, typer.Option("--out", help="twin artifact folder to write")],
+        hybrid: Annotated[bool, typer.Option("--hybrid", help="add and train a neural residual")] = False,
+        holdout: Annotated[str | None, typer.Option(help="batches left out of the fit, comma-separated")] = None,
+        config: Annotated[Path | None, typer.Option(help="fit.toml with [mechanistic], [residual], [training]")]
+        = None,
+        option: Annotated[list[str], typer.Option(help="model option, e.g. lactate_consumption=true")] = [],  # noqa: B006
+        seed: Annotated[int, typer.Option(help="random seed")] = 0,
+        overwrite: Annotated[bool, typer.Option(help="replace an existing artifact")] = False) -> None:
+    """Calibrate a twin on a campaign and save it as an artifact (mechanistic fit, then the residual if --hybrid)."""
+
+    def body():
+        from .data.folder import read_campaign
+        from .fit.calibrate import calibrate, read_calibration_config
+        from .hybrid import DEFAULT_RESIDUALS
+        from .io import append_provenance, campaign_hash, save_twin
+        from .models.registry import make_kinetics
+        from .models.twin import Twin
+
+        if out_dir.exists() and not overwrite:
+            raise FileExistsError(f"{out_dir} exists; pass --overwrite to replace it")
+        campaign = read_campaign(folder)
+        kinetics = make_kinetics(model, _parse_options(option))
+        default = DEFAULT_RESIDUALS.get(kinetics.cell_type) if hybrid else None
+        settings = read_calibration_config(config, holdout=_split(holdout), hybrid_default=default)
+        if not hybrid:
+            settings = dataclasses.replace(settings, residual=None)
+        result = calibrate(Twin(kinetics), campaign, settings, seed=seed)
+        data_hash = campaign_hash(campaign)
+        fit_settings = {"model": model, "options": _parse_options(option), "hybrid": hybrid,
+                        "holdout": list(_split(holdout)), "seed": seed, "config": str(config) if config else None,
+                        **result.settings()}
+        save_twin(result.twin, out_dir, overwrite=overwrite, data_hash=data_hash, fit_settings=fit_settings)
+        append_provenance(out_dir, "fit " + " ".join(sys.argv[1:]), status=result.mechanistic.status,
+                          data_hash=data_hash, seed=seed, details=result.settings())
+        out.print(f"[green]fitted[/] {len(result.mechanistic.batches)} batches -> {escape(str(out_dir))} "
+                  f"(mechanistic: {escape(result.mechanistic.status)}"
+                  + (f"; residual: {escape(result.training.stopped)}" if result.training else "") + ")", markup=True)
+        if result.mechanistic.not_identifiable:
+            out.print("parameters the data do not pin down (log standard error > 1): "
+                      + ", ".join(result.mechanistic.not_identifiable), markup=False)
+
+    _run(body)
+
+
+@app.command()
+def predict(twin_dir: Annotated[Path, typer.Argument(help="twin artifact folder")],
+            folder: Annotated[Path, typer.Argument(help="campaign folder")],
+            out_file: Annotated[Path, typer.Option("--out", help="long CSV to write")],
+            batches: Annotated[str | None, typer.Option(help="only these batches, comma-separated")] = None,
+            overwrite: Annotated[bool, typer.Option(help="replace an existing output file")] = False) -> None:
+    """Open-loop prediction of each batch from its initial state and protocol:
+    batch,time_h,variable,mean,q05,q95,unit,phase."""
+
+    def body():
+        from .data.folder import read_campaign
+        from .io import append_provenance, campaign_hash, load_twin
+        from .predict import predict as run, prediction_to_long
+
+        if out_file.exists() and not overwrite:
+            raise FileExistsError(f"{out_file} exists; pass --overwrite to replace it")
+        twin = load_twin(twin_dir)
+        campaign = read_campaign(folder)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            prediction = run(twin, campaign, batches=_split(batches) or None)
+        for batch, why in json.loads(prediction.attrs.get("skipped", "{}")).items():
+            err.print(f"skipped batch {batch}: {why}", markup=False)
+        table = prediction_to_long(prediction)
+        tmp = out_file.with_name(f".{out_file.name}.tmp")
+        table.to_csv(tmp, index=False)
+        os.replace(tmp, out_file)
+        append_provenance(twin_dir, "predict " + " ".join(sys.argv[1:]), status="ok",
+                          data_hash=campaign_hash(campaign))
+        out.print(f"[green]predicted[/] {prediction.sizes['batch']} batches ({len(table)} rows) -> "
+                  f"{escape(str(out_file))}", markup=True)
+
+    _run(body)
+
+
+@app.command()
+def report(twin_dir: Annotated[Path, typer.Argument(help="twin artifact folder")],
+           folder: Annotated[Path, typer.Argument(help="campaign folder")],
+           out_dir: Annotated[Path, typer.Option("--out", help="folder for metrics and plots")]) -> None:
+    """Metrics (NRMSE per batch and variable) and plots (data over predicted bands, parity) of a twin on a
+    campaign."""
+
+    def body():
+        from .data.folder import read_campaign
+        from .io import load_twin
+        from .predict import predict as run
+        from .report import write_report
+
+        twin = load_twin(twin_dir)
+        campaign = read_campaign(folder)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            prediction = run(twin, campaign)
+        paths = write_report(campaign, prediction, out_dir, title=f"{twin_dir.name} on {folder.name}")
+        out.print(f"[green]report[/] -> {escape(str(paths['report']))}", markup=True)
 
     _run(body)
 

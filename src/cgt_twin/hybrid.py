@@ -232,3 +232,16 @@ def hybrid(kinetics: AbstractKinetics, spec: ResidualSpec, seed: int = 0) -> Hyb
     residual = NeuralResidual(len(spec.features), len(spec.targets), spec.hidden, jax.random.PRNGKey(seed),
                               _feature_scales(kinetics, spec.features))
     return HybridKinetics(core=kinetics, residual=residual, spec=spec)
+
+
+DEFAULT_RESIDUALS: Mapping[str, ResidualSpec] = {
+    # what each model is known to miss (../shared/reference/models.md, "Not captured"), seen through what at-line
+    # sensors measure
+    "cho": ResidualSpec(targets=("growth", "death", "lactate", "titer"),
+                        features=("glucose", "lactate", "ammonia", "vcd", "temperature", "time_since_feed")),
+    "hek293": ResidualSpec(targets=("growth", "glucose", "lactate"),
+                           features=("glucose", "lactate", "vcd", "time_since_transfection")),
+    "tcell": ResidualSpec(targets=("growth", "death"), features=("glucose", "lactate", "il2", "vcd", "stimulus",
+                                                                 "time_since_stimulus")),
+}
+"""A starting residual per cell type (used by ``cgt-twin fit --hybrid`` unless the config names one)."""

@@ -100,7 +100,8 @@ def _model_section(twin: Twin) -> tuple[dict, dict[str, np.ndarray]]:
     section = {"model": _model_name(kinetics), "options": _options(kinetics),
                "parameters": {k: {"value": float(np.asarray(v)), "unit": units.get(k, "")}
                               for k, v in twin.params.items()},
-               "residual": residual}
+               "residual": residual,
+               "noise": {k: {"sigma_abs": a, "sigma_rel": r} for k, (a, r) in sorted(twin.noise.items())}}
     return section, arrays
 
 
@@ -216,7 +217,8 @@ def load_twin(path: str | os.PathLike) -> Twin:
                 _fail(folder, "residual weights do not match its specification")
             residual = jax.tree_util.tree_unflatten(treedef, [jax.numpy.asarray(x) for x in leaves])
             kinetics = HybridKinetics(core=kinetics.core, residual=residual, spec=spec)
-        return Twin(kinetics, params)
+        noise = {k: (v["sigma_abs"], v["sigma_rel"]) for k, v in section.get("noise", {}).items()}
+        return Twin(kinetics, params, noise)
     except ArtifactError:
         raise
     except CampaignValidationError as exc:

@@ -1,8 +1,10 @@
-"""Fitting the mechanistic parameters of a twin to a campaign: maximum a-posteriori by BFGS, multi-start.
+"""Fitting the mechanistic parameters of a twin to a campaign: maximum a-posteriori by L-BFGS, multi-start.
 
 The objective is the negative log-likelihood of every measurement (`cgt_twin.fit.likelihood`, noise estimated per
 variable) plus the log-normal priors of the fitted parameters (their specs' σ around the default) — the priors keep
-the sloppy directions of kinetic models where the literature puts them. Parameters are optimised as logarithms; each
+the sloppy directions of kinetic models where the literature puts them. It is minimised by L-BFGS (optax, zoom line
+search; measured on the 5-batch synthetic CHO campaign: an optimistix BFGS step cost about 30 objective gradients, an
+optax L-BFGS step a few). Parameters are optimised as logarithms; each
 batch's initial state of the chosen species can be fitted too (per-batch parameters). One compiled objective serves
 every start.
 """
@@ -17,7 +19,7 @@ from collections.abc import Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optimistix as optx
+import optax
 
 from ..data.campaign import Campaign
 from ..data.errors import CampaignValidationError, Problem
@@ -29,22 +31,21 @@ from .prediction import predict_observed
 
 __all__ = ["FitConfig", "FitResult", "fit_mechanistic"]
 
-_OPTIMISER_RESULTS = {int(item._value): name.replace("_", " ") for name, item in optx.RESULTS._name_to_item.items()}
-
-
 @dataclasses.dataclass(frozen=True)
 class FitConfig:
     """What to fit and how.
 
     Attributes:
         variables: measured variables to fit (default: every measured variable the model predicts).
-        parameters: kinetic parameters to fit (default: all but numerical ones such as ``eps_switch``).
+        parameters: kinetic parameters to fit (default: all but numerical ones such as ``eps_switch``; the priors
+            hold the ones the data do not inform).
         initial_states: states whose initial value is fitted per batch (log scale; started at the data).
         holdout: batches left out of the fit (for validation).
         n_starts: optimisation starts: the first at the current values, the others drawn from the priors.
-        max_steps: BFGS iterations per start.
+        max_steps: L-BFGS iterations per start.
         seed: random seed for the starts.
-        solver: solver settings for the simulations inside the fit.
+        solver: solver settings for the simulations inside the fit (a tight ``max_steps`` per segment makes trial
+            points with extreme parameters fail fast instead of grinding through a stiff solve).
         prior_weight: multiplies the log-prior (1 = the priors of the specs; 0 = maximum likelihood).
     """
 
@@ -55,7 +56,7 @@ class FitConfig:
     n_starts: int = 1
     max_steps: int = 500
     seed: int = 0
-    solver: SolverSettings = SolverSettings()
+    solver: SolverSettings = SolverSettings(max_steps=512)
     prior_weight: float = 1.0
 
 
@@ -200,12 +201,31 @@ def fit_mechanistic(twin: Twin, campaign: Campaign, config: FitConfig | None = N
                 "log_sigma_abs": jnp.log(jnp.asarray(0.05 * data.scales)),
                 "log_sigma_rel": jnp.full(len(variables), math.log(0.05))}
 
-    solver = optx.BFGS(rtol=1e-6, atol=1e-6)
+    objective_jit = jax.jit(objective)
+    optimiser = optax.lbfgs()
+    value_and_grad = optax.value_and_grad_from_state(objective)
 
     @jax.jit
-    def run(theta0):
-        solution = optx.minimise(objective, solver, theta0, max_steps=config.max_steps, throw=False)
-        return solution.value, objective(solution.value), solution.result._value, solution.stats["num_steps"]
+    def lbfgs_step(theta, state):
+        value, grad = value_and_grad(theta, state=state)
+        updates, state = optimiser.update(grad, state, theta, value=value, grad=grad, value_fn=objective)
+        return optax.apply_updates(theta, updates), state, value, optax.tree_utils.tree_norm(grad)
+
+    def run(theta):
+        """L-BFGS with a zoom line search until the objective stops improving (relative change < 1e-6 over 10
+        steps) or the gradient vanishes; returns (theta, value, status, steps)."""
+        # strong types throughout, as the step returns them: otherwise the second step compiles again
+        theta, state = _strong((theta, optimiser.init(theta)))
+        values: list[float] = []
+        for index in range(config.max_steps):
+            theta, state, value, grad_norm = lbfgs_step(theta, state)
+            values.append(float(value))
+            if not math.isfinite(values[-1]) or values[-1] >= 1e19:
+                return theta, values[-1], "non-finite objective (a simulation failed)", index + 1
+            if float(grad_norm) < 1e-6 or (len(values) > 10 and
+                                           abs(values[-11] - values[-1]) <= 1e-6 * max(1.0, abs(values[-1]))):
+                return theta, float(objective_jit(theta)), "ok", index + 1
+        return theta, float(objective_jit(theta)), "maximum steps reached", config.max_steps
 
     rng = np.random.default_rng(config.seed)
     current = np.asarray([math.log(float(base[p])) for p in parameters])
@@ -213,18 +233,17 @@ def fit_mechanistic(twin: Twin, campaign: Campaign, config: FitConfig | None = N
                                   np.asarray(lower), np.asarray(upper)) for _ in range(config.n_starts - 1)]
     results = []
     for log_params in starts:
-        theta, value, code, steps = run(initial_theta(log_params))
-        results.append((float(value), theta, int(code), int(steps)))
-    best_value, best_theta, code, steps = min(results, key=lambda r: r[0])
-    status = "ok" if code == 0 else _OPTIMISER_RESULTS.get(code, f"optimiser code {code}")
+        theta, value, status, steps = run(initial_theta(log_params))
+        results.append((float(value), theta, status, int(steps)))
+    best_value, best_theta, status, steps = min(results, key=lambda r: r[0])
 
     fitted = unpack(best_theta)
-    result_twin = Twin(kinetics, {k: float(v) for k, v in fitted.items()})
     initial = {b: {s: float(np.exp(best_theta["initial"][i, j])) for j, s in enumerate(config.initial_states)}
                for i, b in enumerate(batches)}
     noise = {v: (float(floors[i] + np.exp(best_theta["log_sigma_abs"][i])), float(np.exp(best_theta["log_sigma_rel"][i])))
              for i, v in enumerate(variables)}
-    prediction, _ = predict(best_theta)
+    result_twin = Twin(kinetics, {k: float(v) for k, v in fitted.items()}, {**twin.noise, **noise})
+    prediction, _ = jax.jit(predict)(best_theta)
     metrics = _metrics(np.asarray(prediction), data, batches)
     forward = dataclasses.replace(settings, adjoint="forward")  # forward-over-forward Hessian
     standard_errors, correlations, weak = _laplace(lambda t: objective(t, settings=forward), best_theta, parameters)
@@ -232,6 +251,11 @@ def fit_mechanistic(twin: Twin, campaign: Campaign, config: FitConfig | None = N
         status += f"; not simulated: {skipped}"
     return FitResult(result_twin, initial, noise, best_value, [r[0] for r in results], metrics, standard_errors,
                      correlations, weak, tuple(batches), time.perf_counter() - start_time, status)
+
+
+def _strong(tree):
+    """The same pytree with every leaf a strongly typed array (JAX compiles again when weak types turn strong)."""
+    return jax.tree.map(lambda x: jnp.array(x, dtype=jnp.asarray(x).dtype), tree)
 
 
 def _metrics(prediction: np.ndarray, data: ObservationData, batches: Sequence[str]) -> dict:

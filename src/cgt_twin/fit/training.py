@@ -223,7 +223,8 @@ def train_hybrid(twin: Twin, campaign: Campaign, noise: Mapping[str, tuple[float
     model = eqx.tree_at(lambda k: k.residual, kinetics, final["residual"])
     params = {**{k: float(v) for k, v in base_params.items()},
               **{k: float(jnp.exp(v)) for k, v in final["log_params"].items()}}
-    return TrainResult(Twin(model, params), history, best_step, stopped, time.perf_counter() - start, resumed)
+    return TrainResult(Twin(model, params, twin.noise), history, best_step, stopped, time.perf_counter() - start,
+                       resumed)
 
 
 def _progress(config: TrainConfig, initial: int):

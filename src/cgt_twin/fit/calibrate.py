@@ -1,0 +1,118 @@
+"""Staged calibration of a twin: mechanistic fit first, then the neural residual with the mechanism frozen, then
+(optionally) both together — the recipe of DESIGN.md, behind one call and the ``cgt-twin fit`` command."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+
+from ..data.campaign import Campaign
+from ..data.errors import CampaignValidationError, Problem
+from ..hybrid import ResidualSpec, hybrid
+from ..models.twin import Twin
+from .mechanistic import FitConfig, FitResult, fit_mechanistic
+from .training import TrainConfig, TrainResult, train_hybrid
+
+__all__ = ["CalibrationConfig", "Calibration", "calibrate", "read_calibration_config"]
+
+
+@dataclasses.dataclass(frozen=True)
+class CalibrationConfig:
+    """The stages of a calibration.
+
+    Attributes:
+        mechanistic: settings of the mechanistic fit (stage 1).
+        residual: the neural residual to add (None: a mechanistic twin only).
+        training: settings of the network stage (2); its ``validation`` batches steer early stopping.
+        joint_steps: steps of the joint stage (3), training the network and `mechanistic.parameters` together
+            (0: skip).
+    """
+
+    mechanistic: FitConfig = FitConfig()
+    residual: ResidualSpec | None = None
+    training: TrainConfig = TrainConfig()
+    joint_steps: int = 0
+
+
+@dataclasses.dataclass
+class Calibration:
+    """The calibrated twin and the record of each stage."""
+
+    twin: Twin
+    mechanistic: FitResult
+    training: TrainResult | None
+    joint: TrainResult | None
+
+    def settings(self) -> dict:
+        return {"mechanistic_status": self.mechanistic.status, "objective": self.mechanistic.objective,
+                "training_stopped": self.training.stopped if self.training else None,
+                "joint_stopped": self.joint.stopped if self.joint else None}
+
+
+def calibrate(twin: Twin, campaign: Campaign, config: CalibrationConfig | None = None, *,
+              seed: int | None = None) -> Calibration:
+    """Calibrates `twin` on `campaign` in stages (see `CalibrationConfig`)."""
+    config = config or CalibrationConfig()
+    if seed is not None:
+        config = dataclasses.replace(config, mechanistic=dataclasses.replace(config.mechanistic, seed=seed))
+    mechanistic = fit_mechanistic(twin, campaign, config.mechanistic)
+    fitted = mechanistic.twin
+    if config.residual is None:
+        return Calibration(fitted, mechanistic, None, None)
+    holdout = set(config.mechanistic.holdout)
+    training_campaign = campaign.drop(holdout) if holdout else campaign
+    with_residual = Twin(hybrid(fitted.kinetics, config.residual, seed=config.mechanistic.seed), fitted.params,
+                         fitted.noise)
+    training = train_hybrid(with_residual, training_campaign, fitted.noise,
+                            dataclasses.replace(config.training, joint=False))
+    result, joint = training.twin, None
+    if config.joint_steps > 0:
+        parameters = tuple(config.mechanistic.parameters or ())
+        joint = train_hybrid(result, training_campaign, fitted.noise,
+                             dataclasses.replace(config.training, joint=True, parameters=parameters,
+                                                 steps=config.joint_steps, checkpoint_dir=None))
+        result = joint.twin
+    return Calibration(result, mechanistic, training, joint)
+
+
+def read_calibration_config(path: str | Path | None, *, holdout: tuple[str, ...] = (),
+                            hybrid_default: ResidualSpec | None = None) -> CalibrationConfig:
+    """Reads ``fit.toml``: tables ``[mechanistic]`` (FitConfig fields), ``[residual]`` (ResidualSpec fields),
+    ``[training]`` (TrainConfig fields) and ``joint_steps``. Unknown keys are errors naming the file and key."""
+    raw: Mapping = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise CampaignValidationError(Problem(str(path), "config file not found")) from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise CampaignValidationError(Problem(str(path), f"not valid TOML ({exc})")) from None
+    problems = []
+
+    def build(cls, table: str, extra: Mapping | None = None):
+        values = dict(raw.get(table, {}))
+        names = {f.name for f in dataclasses.fields(cls)}
+        for key in values:
+            if key not in names:
+                problems.append(Problem(str(path), f"[{table}] has no setting {key!r}; known: {', '.join(sorted(names))}",
+                                        column=key))
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names}
+        values.update(extra or {})
+        return values
+
+    known_top = {"mechanistic", "residual", "training", "joint_steps"}
+    problems += [Problem(str(path), f"unknown section or setting {key!r}", column=key) for key in raw
+                 if key not in known_top]
+    mechanistic = build(FitConfig, "mechanistic", {"holdout": tuple(holdout)} if holdout else None)
+    training = build(TrainConfig, "training")
+    residual_table = build(ResidualSpec, "residual") if "residual" in raw else None
+    if problems:
+        raise CampaignValidationError(problems, header="invalid calibration config")
+    residual = ResidualSpec(**residual_table) if residual_table else hybrid_default
+    try:
+        return CalibrationConfig(FitConfig(**mechanistic), residual, TrainConfig(**training),
+                                 int(raw.get("joint_steps", 0)))
+    except TypeError as exc:
+        raise CampaignValidationError(Problem(str(path), f"invalid setting ({exc})")) from None
