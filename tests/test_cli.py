@@ -23,7 +23,7 @@ def test_help_lists_the_verbs():
 
 def test_demo_on_bundled_data_writes_summary_plot_and_campaign(example_folder, tmp_path):
     out = tmp_path / "demo"
-    result = runner.invoke(app, ["demo", "--out", str(out), "--data", str(example_folder)])
+    result = runner.invoke(app, ["demo", "--out", str(out), "--data", str(example_folder), "--no-calibrate"])
     assert result.exit_code == 0, result.output
     assert "batches: 3 (cho: 3)" in result.output
     png = (out / "campaign.png").read_bytes()
@@ -36,7 +36,7 @@ def test_demo_falls_back_to_bundled_data_without_shared(tmp_path, monkeypatch):
     import cgt_twin.demo as demo
 
     monkeypatch.setattr(demo, "find_shared_datasets", lambda: None)
-    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "d")])
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "d"), "--no-calibrate"])
     assert result.exit_code == 0, result.output
     assert "bundled example" in result.output
 

@@ -301,13 +301,14 @@ def report(twin_dir: Annotated[Path, typer.Argument(help="twin artifact folder")
 
 @app.command()
 def demo(out_dir: Annotated[Path, typer.Option("--out", help="folder for the demo's outputs")] = Path("demo_out"),
-         data: Annotated[Path | None, typer.Option(help="campaign folder to use instead of the default")] = None
-         ) -> None:
-    """Load a campaign (the UMN CHO runs from ../shared when present, else the bundled example), print its summary
-    and plot its trajectories."""
+         data: Annotated[Path | None, typer.Option(help="campaign folder to use instead of the default")] = None,
+         calibrate: Annotated[bool, typer.Option(help="calibrate a hybrid twin and report a held-out batch")] = True,
+         steps: Annotated[int, typer.Option(help="training steps of the neural residual")] = 100) -> None:
+    """Load a campaign (the UMN CHO runs from ../shared when present, else the bundled synthetic one), summarise and
+    plot it, calibrate a hybrid CHO twin on all batches but one, predict that one and write the report."""
     from .demo import run_demo
 
-    _run(lambda: run_demo(out_dir, data, console=out))
+    _run(lambda: run_demo(out_dir, data, console=out, calibrate=calibrate, training_steps=steps))
 
 
 def main() -> None:

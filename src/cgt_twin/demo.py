@@ -60,8 +60,9 @@ def _load(data: Path | None, console: Console) -> Campaign:
 
 
 def run_demo(out_dir: str | os.PathLike = "demo_out", data: str | os.PathLike | None = None,
-             console: Console | None = None) -> dict[str, Path]:
-    """Runs the demo and returns the paths it wrote (campaign folder, summary, plot)."""
+             console: Console | None = None, calibrate: bool = True, training_steps: int = 100) -> dict[str, Path]:
+    """Runs the demo and returns the paths it wrote (campaign folder, summary, plot; with `calibrate`, the twin
+    artifact and the validation report of a held-out batch)."""
     console = console or Console()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -74,4 +75,53 @@ def run_demo(out_dir: str | os.PathLike = "demo_out", data: str | os.PathLike | 
     save_figure(plot_campaign(campaign), paths["plot"])
     console.print(f"wrote {paths['summary']}, {paths['plot']} and the campaign folder {paths['campaign']}",
                   markup=False)
+    if calibrate and set(campaign.batch_metadata()["cell_type"]) == {"cho"}:
+        paths.update(_calibrate(campaign, out, console, training_steps))
     return paths
+
+
+def _calibrate(campaign: Campaign, out: Path, console: Console, training_steps: int) -> dict[str, Path]:
+    """Calibrates a hybrid CHO twin on all but one batch, predicts that batch open-loop and writes the report."""
+    import dataclasses
+    import warnings
+
+    from .fit.calibrate import CalibrationConfig, calibrate
+    from .fit.mechanistic import FitConfig
+    from .fit.training import TrainConfig
+    from .hybrid import DEFAULT_RESIDUALS
+    from .io import append_provenance, campaign_hash, save_twin
+    from .models.cho import CHOFedBatch
+    from .models.twin import Twin
+    from .predict import predict
+    from .report import metrics, write_report
+    from .simulate import prepare
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        usable = list(prepare(CHOFedBatch(), campaign).names)  # batches whose feeds and media are known
+    if len(usable) < 2:
+        console.print("not enough simulatable batches to calibrate and hold one out", markup=False)
+        return {}
+    held_out = usable[-1]
+    campaign = campaign.sel(usable)
+    console.print(f"Calibrating a hybrid CHO twin on {', '.join(usable[:-1])}; holding out {held_out} ...",
+                  markup=False)
+    config = CalibrationConfig(mechanistic=FitConfig(holdout=(held_out,)), residual=DEFAULT_RESIDUALS["cho"],
+                               training=TrainConfig(steps=training_steps, progress=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        result = calibrate(Twin(CHOFedBatch(lactate_consumption=True)), campaign, config)
+        prediction = predict(result.twin, campaign)
+    paths = {"twin": out / "twin", "report_dir": out / "report"}
+    data_hash = campaign_hash(campaign)
+    save_twin(result.twin, paths["twin"], overwrite=True, data_hash=data_hash,
+              fit_settings={"demo": True, "held_out": held_out, **result.settings()})
+    append_provenance(paths["twin"], "demo calibrate", status=result.mechanistic.status, data_hash=data_hash)
+    written = write_report(campaign, prediction, paths["report_dir"], title=f"Demo: hybrid CHO twin, {held_out} held "
+                                                                            "out")
+    table = metrics(campaign, prediction)
+    held = table[table["batch"] == held_out]
+    console.print(f"held-out batch {held_out}, normalised RMSE: "
+                  + ", ".join(f"{r.variable} {r.nrmse:.3f}" for r in held.itertuples()), markup=False)
+    console.print(f"wrote the twin {paths['twin']} and the report {written['report']}", markup=False)
+    return {**paths, **{f"report_{k}": v for k, v in written.items()}}

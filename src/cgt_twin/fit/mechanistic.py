@@ -114,13 +114,17 @@ def _check(twin: Twin, campaign: Campaign, config: FitConfig) -> tuple[list[str]
         problems.append(Problem("campaign", "no batches left to fit after the holdout and the batches whose feeds "
                                             "are not recorded"))
     predicted = observable_variables(kinetics, twin.params)
+    def measured(v: str) -> bool:
+        return v in campaign.variables and bool(batches) and \
+            bool(np.isfinite(campaign.data[v].sel(batch=batches).values).any())
+
     variables = list(config.variables) if config.variables is not None else \
-        [v for v in campaign.variables if v in predicted]
+        [v for v in campaign.variables if v in predicted and measured(v)]
     for v in variables:
         if v not in predicted:
             problems.append(Problem("variables", f"the model cannot predict {v!r}; it predicts "
                                                  f"{', '.join(predicted)}", column=v))
-        elif v not in campaign.variables or not np.isfinite(campaign.data[v].sel(batch=batches).values).any():
+        elif not measured(v):
             problems.append(Problem("variables", f"{v!r} has no measured values in the batches to fit", column=v))
     if not variables:
         problems.append(Problem("variables", "nothing to fit: no measured variable is predicted by the model"))

@@ -112,7 +112,7 @@ def train_hybrid(twin: Twin, campaign: Campaign, noise: Mapping[str, tuple[float
                                         "cgt_twin.hybrid.hybrid(...) first"))
     predicted = observable_variables(kinetics, twin.params)
     variables = list(config.variables) if config.variables is not None else \
-        [v for v in campaign.variables if v in predicted]
+        [v for v in campaign.variables if v in predicted and v in noise]
     problems += [Problem("variables", f"the model cannot predict {v!r}", column=v) for v in variables
                  if v not in predicted]
     problems += [Problem("noise", f"no noise level for {v!r} (give FitResult.noise)", column=v) for v in variables
