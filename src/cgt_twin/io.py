@@ -24,8 +24,6 @@ import io as _io
 import json
 import os
 import platform
-import shutil
-import tempfile
 from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -33,6 +31,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from ._atomic import atomic_folder
 from .data.errors import CampaignValidationError, Problem
 from .hybrid import HybridKinetics, ResidualSpec, hybrid
 from .models.kinetics import AbstractKinetics
@@ -140,27 +139,9 @@ def save_twin(twin: Twin, path: str | os.PathLike, *, overwrite: bool = False, d
                 "created_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                 "versions": _versions(), "data_hash": data_hash, "fit_settings": dict(fit_settings or {}),
                 "metadata": dict(metadata or {})}
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    _umask = os.umask(0)
-    os.umask(_umask)
-    os.chmod(staging, 0o777 & ~_umask)  # mkdtemp makes it private; the result should look like any new folder
-    try:
+    with atomic_folder(target, overwrite=overwrite, keep=("provenance.jsonl",)) as staging:  # the log is never lost
         (staging / "twin.json").write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         (staging / "arrays.npz").write_bytes(array_bytes)
-        if target.exists() and (target / "provenance.jsonl").exists():
-            shutil.copy2(target / "provenance.jsonl", staging / "provenance.jsonl")  # the log is never lost
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-            old.rmdir()
-            os.replace(target, old)
-            os.replace(staging, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

@@ -12,12 +12,11 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
+from .._atomic import atomic_folder
 from .build import campaign_from_tables
 from .campaign import Campaign
 from .errors import CampaignValidationError, Problem, ProblemCollector
@@ -136,16 +135,7 @@ def read_campaign(path: str | os.PathLike) -> Campaign:
 def write_tables(tables: CampaignTables, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Writes campaign tables as a campaign folder, atomically (see `write_campaign`)."""
     target = Path(path)
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} exists; pass overwrite=True (CLI: --overwrite) to replace it")
-    if target.exists() and not target.is_dir():
-        raise FileExistsError(f"{target} exists and is not a folder")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    _umask = os.umask(0)
-    os.umask(_umask)
-    os.chmod(staging, 0o777 & ~_umask)  # mkdtemp makes it private; the result should look like any new folder
-    try:
+    with atomic_folder(target, overwrite=overwrite) as staging:
         for key, name in FILE_NAMES.items():
             frame = getattr(tables, key)
             if key == "variables" and (frame is None or len(frame) == 0):
@@ -154,20 +144,6 @@ def write_tables(tables: CampaignTables, path: str | os.PathLike, *, overwrite: 
         meta = {"format": "cgt_twin campaign", "format_version": FOLDER_FORMAT_VERSION, "source": tables.source,
                 "notes": list(tables.notes)}
         (staging / "campaign.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        for file in staging.iterdir():
-            with open(file, "rb") as handle:
-                os.fsync(handle.fileno())
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-            old.rmdir()
-            os.replace(target, old)
-            os.replace(staging, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
