@@ -94,7 +94,7 @@ def _with_samples(protocol: Protocol, times: np.ndarray, volume: float) -> Proto
     end = protocol.harvest_time
     added = [Event(t, EventKind.SAMPLE, volume, "L") for t in times
              if t not in existing and (end is None or t < end)]
-    return protocol.with_events(protocol.events + tuple(added))
+    return protocol.with_events(protocol.events + tuple(added))  # with_events sorts
 
 
 def synthetic_campaign(model, protocols: Mapping[str, Protocol], *, sampling: SamplingPlan | None = None,
