@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time

@@ -82,7 +82,6 @@ def run_demo(out_dir: str | os.PathLike = "demo_out", data: str | os.PathLike | 
 
 def _calibrate(campaign: Campaign, out: Path, console: Console, training_steps: int) -> dict[str, Path]:
     """Calibrates a hybrid CHO twin on all but one batch, predicts that batch open-loop and writes the report."""
-    import dataclasses
     import warnings
 
     from .fit.calibrate import CalibrationConfig, calibrate

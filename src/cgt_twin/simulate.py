@@ -169,7 +169,8 @@ def batch_end(protocol: Protocol, times: np.ndarray) -> float:
 
 
 def encode(kinetics: AbstractKinetics, protocol: Protocol, y0: np.ndarray, grid: np.ndarray, t_end: float,
-           n_segments: int, batch: str = "batch", n_grid: int | None = None) -> tuple[EncodedBatch, list[str]]:
+           n_segments: int, batch: str = "batch", n_grid: int | None = None,
+           rows: tuple[list, list[str]] | None = None) -> tuple[EncodedBatch, list[str]]:
     """Encodes one protocol for the solver (see the module docstring).
 
     Every event and every output time is a segment boundary, so the solver only ever saves the end of a segment:
@@ -180,8 +181,9 @@ def encode(kinetics: AbstractKinetics, protocol: Protocol, y0: np.ndarray, grid:
         grid: output times, h (those after `t_end` are dropped).
         n_segments: padded number of segments (`segments_needed` gives the minimum).
         n_grid: padded number of output times (default: as many as in `grid`).
+        rows: the protocol's rows from `_event_rows`, when the caller already has them.
     """
-    rows, ignored = _event_rows(kinetics, protocol, batch)
+    rows, ignored = rows if rows is not None else _event_rows(kinetics, protocol, batch)
     n_species = len(kinetics.species)
     zero = np.zeros(n_species)
     rows = [r for r in rows if r[0] <= t_end]
@@ -214,9 +216,10 @@ def encode(kinetics: AbstractKinetics, protocol: Protocol, y0: np.ndarray, grid:
     return encoded, ignored
 
 
-def segments_needed(kinetics: AbstractKinetics, protocol: Protocol, grid: np.ndarray, t_end: float) -> int:
+def segments_needed(kinetics: AbstractKinetics, protocol: Protocol, grid: np.ndarray, t_end: float,
+                    rows: list | None = None) -> int:
     """How many segments `encode` needs for this protocol and output grid."""
-    rows, _ = _event_rows(kinetics, protocol, "batch")
+    rows = rows if rows is not None else _event_rows(kinetics, protocol, "batch")[0]
     times = {r[0] for r in rows if r[0] <= t_end}
     grid = np.asarray(grid, dtype=np.float64)
     extra = {t for t in grid[(grid > 0) & (grid <= t_end + 1e-9)] if t not in times}
@@ -391,12 +394,15 @@ def prepare(model: Twin | AbstractKinetics, data: Campaign | Protocol | Mapping[
         own = _batch_times(data, name, grid) if isinstance(data, Campaign) and explicit_times is None else grid
         ends[name] = batch_end(protocols[name], own)
         own_grids[name] = own[own <= ends[name] + 1e-9]
+    rows = {name: _event_rows(kinetics, protocols[name], name) for name in names}  # once per batch
     n_grid = _round_up(max(g.size for g in own_grids.values()), 8)
-    n_segments = _round_up(max(segments_needed(kinetics, protocols[n], own_grids[n], ends[n]) for n in names), 8)
+    n_segments = _round_up(max(segments_needed(kinetics, protocols[n], own_grids[n], ends[n], rows[n][0])
+                               for n in names), 8)
     encoded, grid_index = [], np.full((len(names), n_grid), -1, dtype=np.int64)
     for i, name in enumerate(names):
         y0 = np.asarray([states[name][s] for s in kinetics.layout.names], dtype=np.float64)
-        enc, ignored = encode(kinetics, protocols[name], y0, own_grids[name], ends[name], n_segments, name, n_grid)
+        enc, ignored = encode(kinetics, protocols[name], y0, own_grids[name], ends[name], n_segments, name, n_grid,
+                              rows[name])
         encoded.append(enc)
         grid_index[i, : own_grids[name].size] = np.searchsorted(grid, own_grids[name])
         notes += [f"batch {name}: {note}" for note in ignored]
