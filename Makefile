@@ -9,17 +9,19 @@ export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS ?= 0.5
 # Tests run on 2 cores: one worker each.
 PYTEST_WORKERS ?= 2
 
-.PHONY: install demo test test-fast lint clean help
+.PHONY: install demo test test-fast docs bench bench-quick lint clean help
 
 help:
 	@echo "make demo       run the demo on bundled (or ../shared) data"
 	@echo "make test       install if needed, then run the full test suite"
 	@echo "make test-fast  the quick tier (skips tests marked slow)"
+	@echo "make docs       build the documentation site (mkdocs --strict) into site/"
+	@echo "make bench      run every benchmark, print figures with peer ratios, rewrite benchmarks/README.md"
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,docs]'
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -33,5 +35,14 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not slow" -q tests
 
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+
+bench: $(STAMP)
+	$(PY) benchmarks/run.py
+
+bench-quick: $(STAMP)
+	$(PY) benchmarks/run.py --quick --no-readme
+
 clean:
-	rm -rf demo_out .pytest_cache .hypothesis .jax_cache
+	rm -rf demo_out site .pytest_cache .hypothesis .jax_cache

@@ -8,8 +8,9 @@ Measures, for a 14-day CHO fed-batch with 14 bolus feeds and daily samples (CHOF
    same tolerances, restarted at every event: time per solve, error against the same reference, and the ratio;
 4. value and gradient of a 9-batch least-squares loss, reverse mode and forward mode.
 
-Run: ``python benchmarks/bench_simulate.py [--json out.json]``. Timings are the machine's (2-core CPU for the
-figures in benchmarks/README.md); compare only ratios measured in one run.
+Run: ``python benchmarks/bench_simulate.py [--json out.json]`` (all figures as JSON), or through the runner
+``python benchmarks/run.py`` which calls `run` and rewrites benchmarks/README.md. Timings are the machine's (2-core CPU
+for the figures in benchmarks/README.md); compare only ratios measured in one run.
 """
 
 from __future__ import annotations
@@ -144,8 +145,9 @@ print(json.dumps({{"first_s": first, "run_s": second, "ok": ok, "n": {n_draws},
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def loss_benchmark() -> dict:
-    """Value and gradient of a least-squares loss over 9 batches (log-parameters), reverse and forward mode."""
+def loss_benchmark(repeats: int = 20, reverse_mode: bool = True) -> dict:
+    """Value and gradient of a least-squares loss over 9 batches (log-parameters), reverse (unless not
+    `reverse_mode`: its compilation is the slowest part of a quick run) and forward mode."""
     import jax
     import jax.numpy as jnp
 
@@ -182,11 +184,12 @@ def loss_benchmark() -> dict:
 
     theta = {k: jnp.log(base[k]) for k in fitted}
     results = {}
-    reverse = jax.jit(jax.value_and_grad(make_loss(SolverSettings())))
-    start = time.perf_counter()
-    jax.block_until_ready(reverse(theta))
-    results["reverse_compile_s"] = time.perf_counter() - start
-    results["reverse_ms"] = 1e3 * median_time(lambda: jax.block_until_ready(reverse(theta)), 20)
+    if reverse_mode:
+        reverse = jax.jit(jax.value_and_grad(make_loss(SolverSettings())))
+        start = time.perf_counter()
+        jax.block_until_ready(reverse(theta))
+        results["reverse_compile_s"] = time.perf_counter() - start
+        results["reverse_ms"] = 1e3 * median_time(lambda: jax.block_until_ready(reverse(theta)), repeats)
     forward_loss = make_loss(SolverSettings(adjoint="forward"))
 
     def value_and_jacfwd(t):
@@ -196,19 +199,18 @@ def loss_benchmark() -> dict:
     start = time.perf_counter()
     jax.block_until_ready(forward(theta))
     results["forward_compile_s"] = time.perf_counter() - start
-    results["forward_ms"] = 1e3 * median_time(lambda: jax.block_until_ready(forward(theta)), 20)
-    g_rev = reverse(theta)[1]
-    g_fwd = forward(theta)[1]
-    results["grad_rel_diff"] = float(max(abs(g_rev[k] - g_fwd[k]) / (abs(g_rev[k]) + 1e-12) for k in fitted))
+    results["forward_ms"] = 1e3 * median_time(lambda: jax.block_until_ready(forward(theta)), repeats)
+    if reverse_mode:
+        g_rev = reverse(theta)[1]
+        g_fwd = forward(theta)[1]
+        results["grad_rel_diff"] = float(max(abs(g_rev[k] - g_fwd[k]) / (abs(g_rev[k]) + 1e-12) for k in fitted))
     return results
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", help="write the figures to this JSON file")
-    parser.add_argument("--draws", type=int, default=10_000)
-    args = parser.parse_args(argv)
-
+def measure(n_draws: int = 10_000, quick: bool = False) -> dict:
+    """Every figure of this benchmark as a nested dict (what ``main`` prints). `quick` repeats each timing fewer
+    times (a smoke test of the benchmark, not figures to report); `n_draws` is the size of the draws measurement."""
+    solve_repeats, core_repeats, scipy_repeats, loss_repeats = (5, 20, 1, 2) if quick else (50, 200, 5, 20)
     import jax
 
     from cgt_twin.models import CHOFedBatch, Twin
@@ -226,12 +228,12 @@ def main(argv=None) -> dict:
     start = time.perf_counter()
     first = simulate(twin, prepared, settings=settings)
     figures["compile_and_first_solve_s"] = time.perf_counter() - start
-    figures["solve_ms"] = 1e3 * median_time(lambda: simulate(twin, prepared, settings=settings), 50)
+    figures["solve_ms"] = 1e3 * median_time(lambda: simulate(twin, prepared, settings=settings), solve_repeats)
     from cgt_twin.simulate import _solve_batches
 
     params = dict(twin.params)
     core = lambda: jax.block_until_ready(_solve_batches(kinetics, settings, params, prepared.encoded))  # noqa: E731
-    figures["core_solve_ms"] = 1e3 * median_time(core, 200)
+    figures["core_solve_ms"] = 1e3 * median_time(core, core_repeats)
     steps = int(first["num_steps"].values[0])
     figures["accepted_steps"] = steps
     figures["us_per_step"] = 1e3 * figures["core_solve_ms"] / steps
@@ -249,12 +251,81 @@ def main(argv=None) -> dict:
                              scales)
         figures[f"scipy_{method}_ms"] = 1e3 * median_time(
             lambda m=method: scipy_solve(m, {k: float(v) for k, v in params.items()}, protocol, state, times, 1e-6,
-                                         1e-8, scales), 5)
+                                         1e-8, scales), scipy_repeats)
         figures[f"scipy_{method}_error_vs_reference"] = scaled_error(result, ref, scales)
         figures[f"ratio_{method}_over_ours"] = figures[f"scipy_{method}_ms"] / figures["core_solve_ms"]
 
-    figures["draws"] = draws_subprocess(args.draws)
-    figures["loss_9_batches"] = loss_benchmark()
+    figures["draws"] = draws_subprocess(n_draws)
+    figures["loss_9_batches"] = loss_benchmark(loss_repeats, reverse_mode=not quick)
+    return figures
+
+
+def _record(name: str, value: float, unit: str, *, peer: str | None = None, ratio: float | None = None,
+            target: str | None = None, met: bool | None = None) -> dict:
+    return {"name": name, "value": float(value), "unit": unit, "peer": peer,
+            "ratio": None if ratio is None else float(ratio), "target": target, "met": met}
+
+
+def records(figures: dict) -> list[dict]:
+    """The figures of `measure` as the runner's records (targets of the simulation-core issue)."""
+    draws, loss = figures["draws"], figures["loss_9_batches"]
+    out = [
+        _record("compile + first solve, one batch", figures["compile_and_first_solve_s"], "s", target="<= 3 s",
+                met=figures["compile_and_first_solve_s"] <= 3.0),
+        _record("one solve after compilation (core, median)", figures["core_solve_ms"], "ms", target="<= 0.5 ms",
+                met=figures["core_solve_ms"] <= 0.5),
+        _record("time per accepted step", figures["us_per_step"], "us", target="<= 2 us",
+                met=figures["us_per_step"] <= 2.0),
+        _record("accepted steps", figures["accepted_steps"], "1"),
+        _record("error vs Dopri8 reference (scaled)", figures["error_vs_reference"], "1"),
+        _record("simulate() incl. xarray result", figures["solve_ms"], "ms"),
+    ]
+    for method in ("LSODA", "RK45"):
+        ratio = figures[f"ratio_{method}_over_ours"]
+        out.append(_record(f"scipy solve_ivp {method} / ours (time per solve)", ratio, "x",
+                           peer=f"scipy {method} {figures[f'scipy_{method}_ms']:.3g} ms (error "
+                                f"{figures[f'scipy_{method}_error_vs_reference']:.2g})",
+                           ratio=ratio, target=">= 30x", met=ratio >= 30.0))
+    per_10k = draws["run_s"] * 10_000 / draws["n"]
+    out += [
+        _record(f"{draws['n']} parameter draws, vmapped (run, after compile)", draws["run_s"], "s",
+                target="<= 2 s per 10 000 draws", met=per_10k <= 2.0),
+        _record("draws: compile + first run", draws["first_s"], "s"),
+        _record("draws: peak RSS of the process", draws["peak_rss_gib"], "GiB", target="<= 2 GiB",
+                met=draws["peak_rss_gib"] <= 2.0),
+        _record("draws: mean steps per draw", draws["mean_steps"], "1"),
+    ]
+    if "reverse_ms" not in loss:  # quick mode: forward mode only
+        return out + [_record("9-batch loss value + gradient, forward mode", loss["forward_ms"], "ms",
+                              target="<= 30 ms", met=loss["forward_ms"] <= 30.0)]
+    out += [
+        _record("9-batch loss value + gradient, reverse mode", loss["reverse_ms"], "ms", target="<= 30 ms",
+                met=loss["reverse_ms"] <= 30.0),
+        _record("9-batch loss value + gradient, forward mode", loss["forward_ms"], "ms",
+                peer=f"reverse mode {loss['reverse_ms']:.3g} ms", ratio=loss["reverse_ms"] / loss["forward_ms"],
+                target="<= 30 ms", met=loss["forward_ms"] <= 30.0),
+        _record("loss gradient compile, reverse", loss["reverse_compile_s"], "s",
+                peer=f"forward mode {loss['forward_compile_s']:.3g} s",
+                ratio=loss["forward_compile_s"] / loss["reverse_compile_s"]),
+        _record("reverse vs forward gradient, max relative difference", loss["grad_rel_diff"], "1",
+                target="<= 1e-6", met=loss["grad_rel_diff"] <= 1e-6),
+    ]
+    return out
+
+
+def run(quick: bool = False) -> list[dict]:
+    """The runner's interface (benchmarks/run.py): measures and returns the figure records. `quick` is a smoke test:
+    200 draws instead of 10 000, few repeats per timing, the loss gradient in forward mode only."""
+    return records(measure(200 if quick else 10_000, quick=quick))
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", help="write the figures to this JSON file")
+    parser.add_argument("--draws", type=int, default=10_000)
+    parser.add_argument("--quick", action="store_true", help="few repeats per timing (a smoke test)")
+    args = parser.parse_args(argv)
+    figures = measure(args.draws, quick=args.quick)
     print(json.dumps(figures, indent=2))
     if args.json:
         with open(args.json, "w") as handle:

@@ -258,19 +258,10 @@ class Campaign:
                 f"{s.time_span_h[0]:g}–{s.time_span_h[1]:g} h, source={self.source!r})")
 
     def _repr_html_(self) -> str:
-        import html
+        """An HTML summary for Jupyter (batches, variables with units, time span, events)."""
+        from .._html import campaign_html
 
-        s = self.summary()
-        rows = "".join(f"<tr><td>{html.escape(v)}</td><td>{html.escape(s.units[v])}</td><td>{n}</td></tr>"
-                       for v, n in s.variables.items())
-        notes = "".join(f"<li>{html.escape(n)}</li>" for n in s.notes)
-        return (f"<div><b>Campaign</b> from <code>{html.escape(self.source)}</code>: {s.n_batches} batches "
-                f"({html.escape(', '.join(f'{k}: {v}' for k, v in s.cell_types.items()))}), "
-                f"{s.time_span_h[0]:g}–{s.time_span_h[1]:g} h; events: "
-                f"{html.escape(', '.join(f'{k} ×{n}' for k, n in s.events.items()) or 'none')}"
-                f"<table><tr><th>variable</th><th>unit</th><th>observations</th></tr>{rows}</table>"
-                + (f"<details><summary>import notes</summary><ul>{notes}</ul></details>" if notes else "")
-                + "</div>")
+        return campaign_html(self)
 
     # -- netCDF ------------------------------------------------------------------------------------------------------
     def to_dataset(self) -> xr.Dataset:

@@ -59,3 +59,9 @@ class Twin(eqx.Module):
 
     def __repr__(self) -> str:
         return f"Twin({type(self.kinetics).__name__}, {len(self.params)} parameters)"
+
+    def _repr_html_(self) -> str:
+        """An HTML summary for Jupyter (model, parameters with units, noise model)."""
+        from .._html import twin_html
+
+        return twin_html(self)

@@ -1,0 +1,160 @@
+"""HTML summaries for Jupyter (``_repr_html_``) of campaigns, twins and fit results.
+
+Each function returns a small, self-contained ``<div>`` of tables: no scripts, no external styles, every piece of
+text escaped with `html.escape`, so a summary renders the same in Jupyter, VS Code and a static HTML export.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["campaign_html", "twin_html", "fit_result_html", "table_html"]
+
+_CELL = "padding:1px 8px;text-align:left"
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _number(value: Any, digits: int = 4) -> str:
+    """A number for a table: ``g`` format, arrays as mean ± sd over their draws, NaN as an em dash."""
+    array = np.asarray(value, dtype=np.float64)
+    if array.size == 0:
+        return "—"
+    if array.size > 1:
+        return f"{np.nanmean(array):.{digits}g} ± {np.nanstd(array):.2g} ({array.size} draws)"
+    number = float(array)
+    return "—" if math.isnan(number) else f"{number:.{digits}g}"
+
+
+def table_html(header: Sequence[str], rows: Iterable[Sequence[Any]], *, raw: bool = False) -> str:
+    """An HTML table; cells are escaped unless `raw` (for cells that are already HTML)."""
+    head = "".join(f'<th style="{_CELL}">{_esc(h)}</th>' for h in header)
+    body = "".join("<tr>" + "".join(f'<td style="{_CELL}">{c if raw else _esc(c)}</td>' for c in row) + "</tr>"
+                   for row in rows)
+    return f'<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _details(summary: str, content: str, open_: bool = False) -> str:
+    return f"<details{' open' if open_ else ''}><summary>{_esc(summary)}</summary>{content}</details>"
+
+
+def campaign_html(campaign) -> str:
+    """Summary of a `cgt_twin.data.Campaign`: batches (cell type, volumes, covariates), variables (unit, number of
+    observations), time span, events and import notes."""
+    s = campaign.summary()
+    cell_types = ", ".join(f"{k}: {v}" for k, v in s.cell_types.items())
+    head = (f"<b>Campaign</b> <code>{_esc(campaign.source)}</code><br>{s.n_batches} batches ({_esc(cell_types)}), "
+            f"{s.time_span_h[0]:g}–{s.time_span_h[1]:g} h ({s.time_span_h[1] / 24:.1f} d), "
+            f"{len(s.variables)} variables; events: "
+            + _esc(", ".join(f"{k} ×{n}" for k, n in s.events.items()) or "none"))
+    if s.censored:
+        head += f"; {s.censored} censored values"
+    meta = campaign.batch_metadata()
+    columns = [c for c in ("cell_type", "initial_volume", "max_volume", "feeds_known", *s.covariates)
+               if c in meta.columns]
+    batch_rows = [[b, *[_cell(meta.loc[b, c]) for c in columns]] for b in meta.index]
+    batches = table_html(["batch", *[c.replace("_", " ") + (" [L]" if c.endswith("volume") else "")
+                                     for c in columns]], batch_rows)
+    variables = table_html(["variable", "unit", "observations"],
+                           [[v, s.units[v], n] for v, n in s.variables.items()])
+    parts = [head, _details(f"batches ({s.n_batches})", batches, open_=s.n_batches <= 12),
+             _details(f"variables ({len(s.variables)})", variables, open_=len(s.variables) <= 12)]
+    if s.feeds_unknown:
+        parts.append("<b>feeds not recorded</b> (not simulated as unfed): " + _esc(", ".join(s.feeds_unknown)))
+    if s.notes:
+        parts.append(_details(f"import notes ({len(s.notes)})",
+                              "<ul>" + "".join(f"<li>{_esc(n)}</li>" for n in s.notes) + "</ul>"))
+    return "<div>" + "".join(f"<div>{p}</div>" for p in parts) + "</div>"
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float | np.floating):
+        return _number(value)
+    return str(value)
+
+
+def twin_html(twin) -> str:
+    """Summary of a `cgt_twin.models.Twin`: model, cell type, neural residual, parameter table (value, unit, default,
+    bounds, meaning) and the noise model."""
+    kinetics = twin.kinetics
+    name = type(kinetics).__name__
+    core = getattr(kinetics, "core", None)
+    residual = ""
+    if core is not None:
+        n_weights = _count_weights(kinetics)
+        residual = f"; neural residual on {_esc(type(core).__name__)} ({n_weights} weights)"
+    head = (f"<b>Twin</b> {_esc(name)} — cell type {_esc(twin.cell_type)}, {len(twin.params)} parameters, "
+            f"solver {_esc(getattr(kinetics, 'solver', '?'))}{residual}")
+    specs = {p.name: p for p in kinetics.parameters}
+    rows = []
+    for key, value in twin.params.items():
+        spec = specs.get(key)
+        if spec is None:
+            rows.append([key, _number(value), "", "", "", ""])
+            continue
+        changed = np.asarray(value).size == 1 and not np.isclose(float(np.asarray(value)), spec.default)
+        rows.append([key, _number(value) + (" *" if changed else ""), spec.unit, f"{spec.default:g}",
+                     f"[{spec.lower:g}, {spec.upper:g}]", spec.description])
+    parameters = table_html(["parameter", "value", "unit", "default", "bounds", "meaning"], rows)
+    parts = [head, _details(f"parameters ({len(rows)}; * differs from the default)", parameters,
+                            open_=len(rows) <= 12)]
+    if twin.noise:
+        noise = table_html(["variable", "σ_abs (canonical unit)", "σ_rel"],
+                           [[v, _number(a), _number(r)] for v, (a, r) in twin.noise.items()])
+        parts.append(_details(f"noise model ({len(twin.noise)} variables)", noise))
+    else:
+        parts.append("noise model: none (unfitted twin)")
+    return "<div>" + "".join(f"<div>{p}</div>" for p in parts) + "</div>"
+
+
+def _count_weights(kinetics) -> int:
+    import equinox as eqx
+    import jax
+
+    leaves = jax.tree.leaves(eqx.filter(kinetics, eqx.is_inexact_array))
+    return int(sum(np.size(x) for x in leaves))
+
+
+def fit_result_html(result) -> str:
+    """Summary of a `cgt_twin.fit.FitResult`: status, objective of every start, wall time, fitted parameters with
+    their Laplace standard errors (log scale, and as a factor) and non-identifiable flags, the noise model and the
+    normalised RMSE per batch and variable."""
+    twin = result.twin
+    status_colour = "green" if str(result.status).startswith("ok") else "darkorange"
+    starts = ", ".join(f"{v:.5g}" for v in result.starts)
+    head = (f"<b>FitResult</b> {_esc(type(twin.kinetics).__name__)} — status "
+            f'<span style="color:{status_colour}">{_esc(result.status)}</span>, objective {result.objective:.6g} '
+            f"(starts: {_esc(starts)}), {len(result.batches)} batches, {result.seconds:.1f} s")
+    specs = {p.name: p for p in twin.kinetics.parameters}
+    weak = set(result.not_identifiable)
+    rows = []
+    for name, se in result.standard_errors.items():
+        spec = specs.get(name)
+        factor = math.exp(se) if math.isfinite(se) and se < 700 else math.inf
+        flag = '<b style="color:darkorange">not identifiable</b>' if name in weak else "ok"
+        rows.append([_esc(name), _esc(_number(twin.params.get(name, math.nan))), _esc(spec.unit if spec else ""),
+                     _esc(f"{se:.3g}"), _esc(f"×/÷ {factor:.3g}" if math.isfinite(factor) else "∞"), flag])
+    parameters = table_html(["parameter", "estimate", "unit", "SE (log)", "1-σ factor", "identifiable"], rows,
+                            raw=True)
+    stages = getattr(result, "stages", ())
+    if stages:
+        head += "<br>stages: " + _esc("; ".join(stages))
+    parts = [head, _details(f"fitted parameters ({len(rows)}; {len(weak)} not identifiable)", parameters,
+                            open_=True)]
+    if result.noise:
+        parts.append(_details("noise model", table_html(
+            ["variable", "σ_abs", "σ_rel"], [[v, _number(a), _number(r)] for v, (a, r) in result.noise.items()])))
+    variables = sorted({v for per_batch in result.metrics.values() for v in per_batch})
+    if variables:
+        metric_rows = [[batch, *[_number(result.metrics[batch][v][0], 3) if v in result.metrics[batch] else "—"
+                                 for v in variables]] for batch in result.metrics]
+        parts.append(_details("normalised RMSE (RMSE / data range) per batch",
+                              table_html(["batch", *variables], metric_rows)))
+    return "<div>" + "".join(f"<div>{p}</div>" for p in parts) + "</div>"
