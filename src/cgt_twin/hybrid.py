@@ -68,6 +68,10 @@ class ResidualSpec:
     additive_scale: Mapping[str, float] = dataclasses.field(default_factory=dict)
     max_log_correction: float = 3.0
 
+    def __hash__(self) -> int:  # a static field of compiled programs: hashable although `additive_scale` is a dict
+        return hash((self.targets, self.features, self.mode, self.hidden,
+                     tuple(sorted(dict(self.additive_scale).items())), self.max_log_correction))
+
     def check(self, kinetics: AbstractKinetics) -> None:
         """Raises `ValueError` naming every unknown target or feature and what is allowed."""
         problems = []
@@ -104,7 +108,7 @@ class NeuralResidual(eqx.Module):
         layers = [eqx.nn.Linear(a, b, key=k, dtype=jnp.float64) for a, b, k in zip(widths[:-1], widths[1:], keys,
                                                                                    strict=True)]
         last = layers[-1]
-        last = eqx.tree_at(lambda l: (l.weight, l.bias), last, (jnp.zeros_like(last.weight), jnp.zeros_like(last.bias)))
+        last = eqx.tree_at(lambda layer: (layer.weight, layer.bias), last, (jnp.zeros_like(last.weight), jnp.zeros_like(last.bias)))
         self.layers = (*layers[:-1], last)
         self.feature_scales = tuple(float(v) for v in feature_scales)
 

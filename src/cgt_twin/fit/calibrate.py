@@ -52,12 +52,22 @@ class Calibration:
 
 
 def calibrate(twin: Twin, campaign: Campaign, config: CalibrationConfig | None = None, *,
-              seed: int | None = None) -> Calibration:
-    """Calibrates `twin` on `campaign` in stages (see `CalibrationConfig`)."""
+              seed: int | None = None, mechanistic: FitResult | None = None) -> Calibration:
+    """Calibrates `twin` on `campaign` in stages (see `CalibrationConfig`).
+
+    Args:
+        twin: the starting twin (mechanistic; ``config.residual`` adds the network after stage 1).
+        campaign: the data; ``config.mechanistic.holdout`` batches are left out of every stage.
+        config: the stages and their settings.
+        seed: overrides the seed of every stage (network initialisation included).
+        mechanistic: a stage-1 result to reuse (e.g. shared by candidates of a hyperparameter search) instead of
+            fitting again; it must come from the same twin, batches and mechanistic settings.
+    """
     config = config or CalibrationConfig()
     if seed is not None:
         config = dataclasses.replace(config, mechanistic=dataclasses.replace(config.mechanistic, seed=seed))
-    mechanistic = fit_mechanistic(twin, campaign, config.mechanistic)
+    if mechanistic is None:
+        mechanistic = fit_mechanistic(twin, campaign, config.mechanistic)
     fitted = mechanistic.twin
     if config.residual is None:
         return Calibration(fitted, mechanistic, None, None)

@@ -10,6 +10,7 @@ every few steps and resume from it: a fit whose process is killed ends where an 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import time
@@ -129,45 +130,27 @@ def train_hybrid(twin: Twin, campaign: Campaign, noise: Mapping[str, tuple[float
         raise CampaignValidationError(problems, header="cannot train")
 
     parameters = tuple(config.parameters) if config.joint else ()
-    sets = {"train": train_batches, "validation": [b for b in config.validation]}
     problems_data = {}
-    for name, batches in sets.items():
-        if not batches:
-            continue
-        prepared = prepare(twin, campaign, batches=batches)
-        problems_data[name] = (prepared, align(campaign, prepared, variables))
-    sigma_abs = jnp.asarray([noise[v][0] for v in variables])[:, None, None, None, None]
-    sigma_rel = jnp.asarray([noise[v][1] for v in variables])[:, None, None, None, None]
+    for name, batches in {"train": train_batches, "validation": list(config.validation)}.items():
+        if batches:
+            prepared = prepare(twin, campaign, batches=batches)
+            data = align(campaign, prepared, variables)
+            problems_data[name] = {"encoded": prepared.encoded, "values": data.values, "mask": data.mask,
+                                   "censored": data.censored}
     base_params = dict(twin.params)
-    settings = config.solver
-
-    def per_batch_loss(trainable, which):
-        prepared, data = problems_data[which]
-        model = eqx.tree_at(lambda k: k.residual, kinetics, trainable["residual"])
-        params = {**base_params, **{k: jnp.exp(v) for k, v in trainable["log_params"].items()}}
-        prediction, status = predict_observed(model, params, prepared.encoded, settings, variables)
-        nll = jax.vmap(lambda p, v, m, c: negative_log_likelihood(p[..., None], v, m, c, sigma_abs[:, 0],
-                                                                   sigma_rel[:, 0]),
-                       in_axes=(1, 1, 1, 1))(prediction, data.values, data.mask, data.censored)
-        return jnp.where(status == 0, nll, jnp.nan)  # a failed solve is a non-finite loss, never a silent number
-
-    def loss(trainable):
-        return jnp.sum(per_batch_loss(trainable, "train"))
-
-    optimiser = optax.chain(optax.clip_by_global_norm(config.clip_norm),
-                            optax.adamw(config.learning_rate, weight_decay=config.weight_decay))
+    fixed = {"params": {k: jnp.asarray(v, dtype=jnp.float64) for k, v in base_params.items()},
+             "sigma_abs": jnp.asarray([noise[v][0] for v in variables])[:, None, None, None],
+             "sigma_rel": jnp.asarray([noise[v][1] for v in variables])[:, None, None, None]}
+    static = (config.solver, tuple(variables))
+    optimiser = _optimiser(float(config.learning_rate), float(config.weight_decay), float(config.clip_norm))
     trainable = _trainable(twin, parameters)
     opt_state = optimiser.init(eqx.filter(trainable, eqx.is_array))
 
-    @eqx.filter_jit
     def step(trainable, opt_state):
-        value, grads = eqx.filter_value_and_grad(loss)(trainable)
-        updates, opt_state = optimiser.update(grads, opt_state, eqx.filter(trainable, eqx.is_array))
-        return eqx.apply_updates(trainable, updates), opt_state, value
+        return _train_step(kinetics, trainable, opt_state, fixed, problems_data["train"], static, optimiser)
 
-    @eqx.filter_jit
     def validation_loss(trainable):
-        return jnp.sum(per_batch_loss(trainable, "validation"))
+        return jnp.sum(_batch_losses(kinetics, trainable, fixed, problems_data["validation"], static))
 
     key = fingerprint({"variables": variables, "train": train_batches, "validation": list(config.validation),
                        "config": {k: v for k, v in dataclasses.asdict(config).items()
@@ -194,12 +177,12 @@ def train_hybrid(twin: Twin, campaign: Campaign, noise: Mapping[str, tuple[float
             new_trainable, new_opt_state, value = step(trainable, opt_state)
             value = float(value)
             if not math.isfinite(value):
-                per_batch = np.asarray(eqx.filter_jit(per_batch_loss)(trainable, "train"))
+                per_batch = np.asarray(_batch_losses(kinetics, trainable, fixed, problems_data["train"], static))
                 bad = [b for b, v in zip(train_batches, per_batch, strict=True) if not math.isfinite(v)]
                 raise NonFiniteLossError(f"training loss became non-finite at step {index + 1} (batches {bad}); "
                                          f"the last good checkpoint is kept"
                                          + (f" in {config.checkpoint_dir}" if config.checkpoint_dir else ""))
-            record = {"step": index + 1, "train": value}
+            record = {"step": index + 1, "train": value, "seconds": time.perf_counter() - start}
             if "validation" in problems_data:
                 record["validation"] = float(validation_loss(new_trainable))
             trainable, opt_state = new_trainable, new_opt_state
@@ -225,6 +208,36 @@ def train_hybrid(twin: Twin, campaign: Campaign, noise: Mapping[str, tuple[float
               **{k: float(jnp.exp(v)) for k, v in final["log_params"].items()}}
     return TrainResult(Twin(model, params, twin.noise), history, best_step, stopped, time.perf_counter() - start,
                        resumed)
+
+
+@functools.lru_cache(maxsize=32)
+def _optimiser(learning_rate: float, weight_decay: float, clip_norm: float) -> optax.GradientTransformation:
+    """AdamW with global-norm clipping; one object per setting, so compiled steps are reused across fits."""
+    return optax.chain(optax.clip_by_global_norm(clip_norm), optax.adamw(learning_rate, weight_decay=weight_decay))
+
+
+@eqx.filter_jit
+def _batch_losses(kinetics: HybridKinetics, trainable, fixed, problem, static):
+    """Negative log-likelihood per batch (NaN for a failed solve: never a silent number). Every array comes in as
+    an argument, so one compilation serves every fit of the same structure and shapes."""
+    settings, variables = static
+    model = eqx.tree_at(lambda k: k.residual, kinetics, trainable["residual"])
+    params = {**fixed["params"], **{k: jnp.exp(v) for k, v in trainable["log_params"].items()}}
+    prediction, status = predict_observed(model, params, problem["encoded"], settings, variables)
+    nll = jax.vmap(lambda p, v, m, c: negative_log_likelihood(p[..., None], v, m, c, fixed["sigma_abs"],
+                                                               fixed["sigma_rel"]),
+                   in_axes=(1, 1, 1, 1))(prediction, problem["values"], problem["mask"], problem["censored"])
+    return jnp.where(status == 0, nll, jnp.nan)
+
+
+@eqx.filter_jit
+def _train_step(kinetics: HybridKinetics, trainable, opt_state, fixed, problem, static, optimiser):
+    def loss(t):
+        return jnp.sum(_batch_losses(kinetics, t, fixed, problem, static))
+
+    value, grads = eqx.filter_value_and_grad(loss)(trainable)
+    updates, opt_state = optimiser.update(grads, opt_state, eqx.filter(trainable, eqx.is_array))
+    return eqx.apply_updates(trainable, updates), opt_state, value
 
 
 def _progress(config: TrainConfig, initial: int):

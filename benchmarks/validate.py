@@ -1,0 +1,406 @@
+"""Validation of the hybrid twin (issue 4): out-of-sample prediction of whole batches, mechanistic vs hybrid.
+
+Writes ``docs/validation.md`` and ``benchmarks/validation.json``. Sections:
+
+1. **Synthetic, known truth.** A CHO "plant" with lactate consumption once glucose runs low (an effect the fitted
+   `CHOFedBatch` lacks) makes 4 training batches (feed 2–4 % of the volume per day) and 2 test batches fed outside
+   that range (1 % and 6 %). Mechanistic and hybrid twins are calibrated on the training batches and predict the test
+   batches open loop. Repeated with the effect switched off (the plant *is* the model's structure): the hybrid must
+   not do worse than the mechanistic model by more than 5 %.
+2. **UMN CHO fed-batch, CL1 and CL2** (``../shared/datasets/umn_cho_fedbatch``): within each cell line, calibrate on
+   two runs and predict the third (all rotations). CL2's "Feed 1" composition is not recorded: it is inferred from
+   the after-feed measurements and flagged; the sheet's CL2 "Feed 2" glucose (400 mM) contradicts the after-feed
+   values, which imply 2500 mM — the inferred value is used and flagged. CL3 (feeds not recorded) is left out.
+3. **HEK293 rAAV8 host metabolism** (``../shared/datasets/hek293_aav8_zehetner``): leave one condition (strain ×
+   transfection) out of the four main cultures and predict it.
+
+Fairness: both twins get the same mechanistic fit (same model, settings and starts); the hybrid adds the network on
+top, its size and weight decay chosen by an inner leave-one-batch-out cross-validation on the training batches only.
+
+Results are checkpointed per fold in the JSON file: a rerun continues where a killed run stopped (``--fresh`` to
+start over). ``--quick`` runs a tiny version (used by the test suite). Run from the repository root:
+``python benchmarks/validate.py [--quick] [--sections synthetic,umn,hek] [--fresh]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTIONS = ("synthetic", "umn", "hek")
+UMN_VARIABLES = ("vcd", "glucose", "lactate", "glutamine", "ammonia", "titer")
+TARGET_VARIABLES = ("vcd", "glucose", "lactate", "titer")
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """How much work each calibration gets (the same for the mechanistic and the hybrid twin)."""
+
+    n_starts: int = 2
+    lm_steps: int = 100
+    rounds: int = 3
+    training_steps: int = 200
+    candidates: tuple[tuple[str, tuple[int, ...], float], ...] = (("small", (8,), 1e-2), ("medium", (16, 16), 1e-4))
+
+
+FULL = Budget()
+QUICK = Budget(n_starts=1, lm_steps=15, rounds=1, training_steps=5, candidates=(("small", (4,), 1e-2),))
+
+
+# -- the two recipes -----------------------------------------------------------------------------------------------
+
+def _recipes(budget: Budget, residual, parameters=None, initial_states=("vcd",)):
+    from cgt_twin.fit import FitConfig, TrainConfig
+    from cgt_twin.fit.calibrate import CalibrationConfig
+
+    mechanistic = FitConfig(parameters=parameters, initial_states=initial_states, n_starts=budget.n_starts,
+                            max_steps=budget.lm_steps, rounds=budget.rounds)
+    base = CalibrationConfig(mechanistic=mechanistic)
+    candidates = {name: dataclasses.replace(base, residual=dataclasses.replace(residual, hidden=hidden),
+                                            training=TrainConfig(steps=budget.training_steps,
+                                                                 weight_decay=weight_decay, progress=False))
+                  for name, hidden, weight_decay in budget.candidates}
+    return base, candidates
+
+
+def compare_on_fold(twin, campaign, fold, budget: Budget, residual, *, parameters=None,
+                    initial_states=("vcd",), variables=None, truth=None) -> dict:
+    """Mechanistic and hybrid calibrated on `fold.train`, scored on `fold.test` (open loop) against the
+    measurements, and against `truth` (the noise-free plant, a campaign with the same batches) when given."""
+    from cgt_twin.fit import fit_mechanistic, leave_one_batch_out, select_hyperparameters
+    from cgt_twin.fit.calibrate import calibrate
+    from cgt_twin.fit.crossval import held_out_metrics
+
+    base, candidates = _recipes(budget, residual, parameters, initial_states)
+    training = campaign.sel(fold.train)
+    start = time.perf_counter()
+    mechanistic = fit_mechanistic(twin, training, base.mechanistic)
+    mech_seconds = time.perf_counter() - start
+    chosen, scores = next(iter(candidates)), {}
+    if len(candidates) > 1 and len(fold.train) >= 2:
+        selection = select_hyperparameters(twin, training, candidates, leave_one_batch_out(training),
+                                           variables=variables)
+        chosen, scores = selection.best, selection.scores
+    start = time.perf_counter()
+    hybrid = calibrate(twin, training, candidates[chosen], mechanistic=mechanistic)
+    hybrid_seconds = time.perf_counter() - start
+    out = {"fold": fold.name, "train": list(fold.train), "test": list(fold.test), "chosen": chosen,
+           "inner_scores": scores, "mechanistic_status": mechanistic.status,
+           "mechanistic_stages": list(mechanistic.stages), "not_identifiable": list(mechanistic.not_identifiable),
+           "seconds": {"mechanistic": mech_seconds, "hybrid_training": hybrid_seconds}}
+    for label, fitted in (("mechanistic", mechanistic.twin), ("hybrid", hybrid.twin)):
+        table = held_out_metrics(fitted, campaign, fold.test, variables)
+        out[label] = {f"{r.batch}|{r.variable}": {"nrmse": r.nrmse, "final_error": r.final_error, "n": int(r.n)}
+                      for r in table.itertuples()}
+        if truth is not None:
+            table = held_out_metrics(fitted, truth, fold.test, variables)
+            out[f"{label}_vs_truth"] = {f"{r.batch}|{r.variable}": {"nrmse": r.nrmse, "final_error": r.final_error,
+                                                                     "n": int(r.n)} for r in table.itertuples()}
+    return out
+
+
+# -- data -----------------------------------------------------------------------------------------------------------
+
+def synthetic_campaigns(effect: bool, quick: bool, noise_free: bool = False):
+    """Training and test batches from a plant with (or without) lactate consumption; test feeds outside the
+    training range. `noise_free`: the plant's true values at the same times (for scoring against the truth)."""
+    from cgt_twin.data import Event, Medium, Protocol
+    from cgt_twin.data.synthetic import NoiseModel, SamplingPlan, synthetic_campaign
+    from cgt_twin.models import CHOFedBatch, Twin
+
+    plant = Twin(CHOFedBatch(lactate_consumption=effect), {"mu_max": 0.036, "q_p": 1.2})
+    basal = Medium("basal", {"glucose": 35.0, "glutamine": 6.0})
+    feed = Medium("feed", {"glucose": 500.0, "glutamine": 50.0})
+    fractions = {"TR-020": 0.02, "TR-027": 0.027, "TR-033": 0.033, "TR-040": 0.04, "TE-010": 0.01, "TE-060": 0.06}
+    if quick:
+        fractions = {"TR-020": 0.02, "TR-040": 0.04, "TE-060": 0.06}
+    days = 8 if quick else 13
+    protocols = {}
+    for name, fraction in fractions.items():
+        events = [Event(24.0 * d + 1.0, "bolus", fraction, "L", medium="feed") for d in range(3, days)]
+        protocols[name] = Protocol(1.0, (*events, Event(24.0 * (days + 1), "harvest")),
+                                   {"basal": basal, "feed": feed}, max_volume=2.0, initial_medium="basal")
+    variables = ("vcd", "glucose", "lactate", "glutamine", "ammonia", "titer")
+    sampling = SamplingPlan(every_h=24.0, variables=variables, sample_volume_l=0.004,
+                            loq={} if noise_free else {"glutamine": 0.1, "ammonia": 0.1})
+    noise = NoiseModel({v: (0.0, 0.0) for v in variables}) if noise_free else None
+    return synthetic_campaign(plant, protocols, sampling=sampling, seed=7, noise=noise,
+                              initial_states={b: {"vcd": 0.35} for b in protocols},
+                              notes=[f"validation plant: lactate_consumption={effect}"])
+
+
+def umn_campaign():
+    """The UMN runs of CL1 and CL2, CL2's feed compositions inferred from after-feed data (flagged)."""
+    from cgt_twin.data.feed_inference import infer_feed_compositions
+    from cgt_twin.data.importers import import_campaign
+    from cgt_twin.demo import UMN_WORKBOOK, find_shared_datasets
+
+    shared = find_shared_datasets()
+    if shared is None or not (shared / UMN_WORKBOOK).is_file():
+        return None, None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        campaign = import_campaign("cdppy", shared / UMN_WORKBOOK)
+    campaign = campaign.sel([b for b in campaign.batches if campaign.protocols[b].feeds_known])
+    campaign, feed2 = infer_feed_compositions(campaign, ["CL2_Feed2"], species=["glucose"], replace_recorded=True)
+    campaign, feed1 = infer_feed_compositions(campaign, ["CL2_Feed1"])
+    table = [{k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in row.items()}
+             for row in [*feed2.to_dict("records"), *feed1.to_dict("records")]]
+    return campaign, table
+
+
+def hek_campaign():
+    from cgt_twin.data.importers import import_campaign
+    from cgt_twin.demo import find_shared_datasets
+
+    shared = find_shared_datasets()
+    folder = shared / "hek293_aav8_zehetner" if shared else None
+    if folder is None or not folder.is_dir():
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        campaign = import_campaign("hek293-zehetner", folder)
+    return campaign.sel(["HP_TR", "HP_MO", "LP_TR", "LP_MO"])
+
+
+# -- sections -------------------------------------------------------------------------------------------------------
+
+def _run_folds(key: str, results: dict, save, twin, campaign, folds, budget, residual, **kwargs) -> list[dict]:
+    done = results.setdefault(key, {})
+    for fold in folds:
+        if fold.name in done:
+            print(f"[{key}] {fold.name}: from checkpoint", flush=True)
+            continue
+        print(f"[{key}] {fold.name}: train {list(fold.train)}, test {list(fold.test)} ...", flush=True)
+        start = time.perf_counter()
+        done[fold.name] = compare_on_fold(twin, campaign, fold, budget, residual, **kwargs)
+        done[fold.name]["seconds"]["fold"] = time.perf_counter() - start
+        save()
+    return [done[f.name] for f in folds]
+
+
+def section_synthetic(results, save, budget, quick):
+    from cgt_twin.fit import Fold
+    from cgt_twin.hybrid import DEFAULT_RESIDUALS
+    from cgt_twin.models import CHOFedBatch, Twin
+
+    for effect in (True, False):
+        campaign = synthetic_campaigns(effect, quick)
+        truth = synthetic_campaigns(effect, quick, noise_free=True)
+        train = tuple(b for b in campaign.batches if b.startswith("TR"))
+        test = tuple(b for b in campaign.batches if b.startswith("TE"))
+        _run_folds(f"synthetic_effect_{'on' if effect else 'off'}", results, save, Twin(CHOFedBatch()), campaign,
+                   [Fold("outside-range", train, test)], budget, DEFAULT_RESIDUALS["cho"],
+                   parameters=("mu_max", "k_d", "K_glc", "Y_x_glc", "Y_lac_glc", "q_p"),
+                   variables=("vcd", "glucose", "lactate", "titer"), truth=truth)
+
+
+def section_umn(results, save, budget, quick):
+    from cgt_twin.fit import leave_one_batch_out
+    from cgt_twin.hybrid import DEFAULT_RESIDUALS
+    from cgt_twin.models import CHOFedBatch, Twin
+
+    campaign, inferred = umn_campaign()
+    if campaign is None:
+        results["umn_skipped"] = "../shared/datasets/umn_cho_fedbatch not found"
+        return
+    results["umn_inferred_feeds"] = inferred
+    lines = {"CL1": ["11", "12", "13"], "CL2": ["21", "22", "23"]}
+    for line, batches in lines.items():
+        if quick and line == "CL2":
+            continue
+        folds = leave_one_batch_out(campaign, batches)
+        if quick:
+            folds = folds[-1:]
+        _run_folds(f"umn_{line}", results, save, Twin(CHOFedBatch(lactate_consumption=True)), campaign.sel(batches),
+                   folds, budget, DEFAULT_RESIDUALS["cho"],
+                   parameters=None,  # every kinetic parameter (the priors hold those the data do not inform)
+                   variables=UMN_VARIABLES)
+
+
+def section_hek(results, save, budget, quick):
+    from cgt_twin.fit import leave_one_batch_out
+    from cgt_twin.hybrid import DEFAULT_RESIDUALS
+    from cgt_twin.models import Twin
+    from cgt_twin.models.hek293 import HEK293TripleTransfection
+
+    campaign = hek_campaign()
+    if campaign is None:
+        results["hek_skipped"] = "../shared/datasets/hek293_aav8_zehetner not found"
+        return
+    folds = leave_one_batch_out(campaign)
+    if quick:
+        folds = folds[:1]
+    _run_folds("hek", results, save, Twin(HEK293TripleTransfection()), campaign, folds, budget,
+               DEFAULT_RESIDUALS["hek293"], variables=("vcd", "glucose", "lactate", "ammonia"),
+               parameters=("growth_mu0", "growth_decay", "q_glc", "K_glc", "Y_lac_glc", "q_gln", "K_gln",
+                           "Y_amm_gln", "k_dgln"))
+
+
+# -- report ---------------------------------------------------------------------------------------------------------
+
+def summarise(folds: list[dict], variables, suffix: str = "") -> dict:
+    """Mean NRMSE per variable over held-out batches, mechanistic and hybrid, and the ratio (`suffix`
+    ``"_vs_truth"``: against the noise-free plant)."""
+    out = {}
+    for variable in variables:
+        row = {}
+        for label in ("mechanistic", "hybrid"):
+            values = [m["nrmse"] for f in folds for k, m in f.get(label + suffix, {}).items()
+                      if k.split("|")[1] == variable and m["nrmse"] is not None and math.isfinite(m["nrmse"])]
+            row[label] = float(np.mean(values)) if values else math.nan
+        row["ratio"] = row["hybrid"] / row["mechanistic"] if row["mechanistic"] else math.nan
+        out[variable] = row
+    return out
+
+
+def final_titre_errors(folds: list[dict]) -> dict:
+    return {label: {f"{f['fold']}": m["final_error"] for f in folds for k, m in f[label].items()
+                    if k.endswith("|titer")} for label in ("mechanistic", "hybrid")}
+
+
+def _fmt(x, digits=3):
+    return "—" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{digits}g}"
+
+
+def write_markdown(results: dict, path: Path) -> None:
+    machine = results["machine"]
+    lines = ["# Validation", "",
+             "Written by `python benchmarks/validate.py` (do not edit by hand): out-of-sample prediction of whole "
+             "batches, open loop from each batch's initial state and protocol. NRMSE is the RMSE over the held-out "
+             "batch's measurements divided by the variable's range in the campaign. Both twins share the same "
+             "mechanistic fit (same model, settings and starts); the hybrid adds a neural residual whose size and "
+             "weight decay are chosen by inner leave-one-batch-out cross-validation on the training batches only.",
+             "", f"Run: {results['date']}, {'quick mode' if results['quick'] else 'full budget'}, on {machine}.",
+             f"Budget per calibration: {results['budget']}.", ""]
+
+    def table(key: str, variables, title: str, targets: dict | None = None, suffix: str = "", folds_table=True):
+        folds = list(results.get(key, {}).values())
+        if not folds:
+            return
+        summary = summarise(folds, variables, suffix)
+        lines.extend([f"### {title}", "", "| variable | mechanistic NRMSE | hybrid NRMSE | hybrid / mechanistic |"
+                      + (" target |" if targets else ""), "|---|---|---|---|" + ("---|" if targets else "")])
+        for variable, row in summary.items():
+            target = ""
+            if targets:
+                limit = targets.get(variable)
+                target = (" —" if limit is None else
+                          f" ≤ {limit} {'✓' if row['ratio'] <= limit else '✗'}") + " |"
+            lines.append(f"| {variable} | {_fmt(row['mechanistic'])} | {_fmt(row['hybrid'])} | "
+                         f"{_fmt(row['ratio'])} |{target}")
+        lines.append("")
+        if not folds_table:
+            return
+        lines.append("| fold | train | test | chosen network | inner scores | mechanistic fit | seconds |")
+        lines.append("|---|---|---|---|---|---|---|")
+        for f in folds:
+            scores = ", ".join(f"{k} {_fmt(v)}" for k, v in f["inner_scores"].items()) or "—"
+            lines.append(f"| {f['fold']} | {', '.join(f['train'])} | {', '.join(f['test'])} | {f['chosen']} | "
+                         f"{scores} | {f['mechanistic_status']} | {_fmt(f['seconds'].get('fold'), 3)} |")
+        lines.append("")
+
+    lines += ["## Synthetic plant with known truth", "",
+              "Plant: `CHOFedBatch(lactate_consumption=True)`; fitted model: `CHOFedBatch()` (no lactate "
+              "consumption). Training feeds 2–4 %/day, test feeds 1 % and 6 %/day (outside the training range).", ""]
+    for effect, limit in (("on", 0.5), ("off", 1.05)):
+        label = "Effect present" if effect == "on" else "Effect switched off"
+        table(f"synthetic_effect_{effect}", TARGET_VARIABLES,
+              f"{label}: against the noise-free truth (target: hybrid ≤ {limit} × mechanistic)",
+              {v: limit for v in TARGET_VARIABLES}, suffix="_vs_truth", folds_table=False)
+        table(f"synthetic_effect_{effect}", TARGET_VARIABLES, f"{label}: against the noisy measurements")
+    lines += ["## UMN CHO fed-batch, CL1 and CL2", ""]
+    if "umn_skipped" in results:
+        lines += [f"Skipped: {results['umn_skipped']}.", ""]
+    else:
+        lines += ["Feed compositions inferred from the after-feed measurements (flagged `inferred` in the "
+                  "campaign; `cgt_twin.data.feed_inference`):", "",
+                  "| medium | species | inferred (median) | IQR | events | recorded | used |", "|---|---|---|---|---|---|---|"]
+        for row in results.get("umn_inferred_feeds", []):
+            if row["species"] in ("glucose", "glutamine", "lactate", "ammonia", "glutamate"):
+                lines.append(f"| {row['medium']} | {row['species']} | {_fmt(row['median'], 4)} mM | "
+                             f"{_fmt(row['q25'], 3)}–{_fmt(row['q75'], 3)} | {row['n_events']} | "
+                             f"{_fmt(row['recorded'], 4)} | {'yes' if row['used'] else 'no'} |")
+        lines.append("")
+        targets = {v: 0.8 for v in TARGET_VARIABLES}
+        for line in ("CL1", "CL2"):
+            table(f"umn_{line}", UMN_VARIABLES, f"{line}: fit on two runs, predict the third (target: hybrid ≤ 0.8 "
+                                                 "× mechanistic on VCD, glucose, lactate, IgG)", targets)
+            errors = final_titre_errors(list(results.get(f"umn_{line}", {}).values()))
+            if errors["hybrid"]:
+                lines.append("Final IgG titre error (predicted − measured)/measured, target |error| ≤ 15 %: "
+                             + "; ".join(f"{fold}: mechanistic {_fmt(100 * errors['mechanistic'][fold], 2)} %, "
+                                         f"hybrid {_fmt(100 * e, 2)} %" for fold, e in errors["hybrid"].items()))
+                lines.append("")
+        all_folds = [f for line in ("CL1", "CL2") for f in results.get(f"umn_{line}", {}).values()]
+        if all_folds:
+            table_key = "_umn_all"
+            results[table_key] = {f"{f['fold']}": f for f in all_folds}
+            table(table_key, UMN_VARIABLES, "CL1 and CL2 together (all six rotations)", targets)
+            del results[table_key]
+    lines += ["## HEK293 rAAV8 host metabolism (Zehetner)", ""]
+    if "hek_skipped" in results:
+        lines += [f"Skipped: {results['hek_skipped']}.", ""]
+    else:
+        lines += ["Four main cultures (high/low producer × transfected/mock); leave one condition out.", ""]
+        table("hek", ("vcd", "glucose", "lactate", "ammonia"), "Leave one condition out")
+    lines += ["## Notes", "", *[f"- {n}" for n in results.get("notes", [])], ""]
+    path.write_text("\n".join(lines), encoding="utf-8")
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny budgets (smoke test)")
+    parser.add_argument("--sections", default=",".join(SECTIONS))
+    parser.add_argument("--json", default=str(ROOT / "benchmarks" / "validation.json"))
+    parser.add_argument("--markdown", default=str(ROOT / "docs" / "validation.md"))
+    parser.add_argument("--fresh", action="store_true", help="ignore the checkpointed results")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("CGT_TWIN_NO_PROGRESS", "1")
+    import jax
+
+    budget = QUICK if args.quick else FULL
+    json_path = Path(args.json)
+    results = {}
+    if json_path.is_file() and not args.fresh:
+        results = json.loads(json_path.read_text(encoding="utf-8"))
+        if results.get("quick") != args.quick:
+            results = {}
+    results.update({"quick": args.quick, "budget": dataclasses.asdict(budget),
+                    "date": time.strftime("%Y-%m-%d"),
+                    "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}, "
+                               f"JAX {jax.__version__}"})
+
+    def save():
+        tmp = json_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(results, indent=1, default=float), encoding="utf-8")
+        os.replace(tmp, json_path)
+
+    chosen = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in SECTIONS]
+    if unknown:
+        parser.error(f"unknown sections {unknown}; choose from {SECTIONS}")
+    runners = {"synthetic": section_synthetic, "umn": section_umn, "hek": section_hek}
+    for name in chosen:
+        start = time.perf_counter()
+        runners[name](results, save, budget, args.quick)
+        results.setdefault("seconds", {})[name] = time.perf_counter() - start
+        save()
+    write_markdown(results, Path(args.markdown))
+    print(f"wrote {args.markdown} and {json_path}")
+    return results
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
