@@ -6,6 +6,8 @@ STAMP := $(VENV)/.installed
 # One persistent XLA compilation cache for tests and demos (JAX reuses compiled programs across runs).
 export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.jax_cache
 export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS ?= 0.5
+# equinox checks return NaN (a status here) instead of host callbacks, which would keep programs out of the cache
+export EQX_ON_ERROR ?= nan
 # Tests run on 2 cores: one worker each.
 PYTEST_WORKERS ?= 2
 

@@ -104,3 +104,29 @@ def test_hybrid_fit_saves_a_residual(small_campaign, tmp_path):
     twin = load_twin(twin_dir)
     assert type(twin.kinetics).__name__ == "HybridKinetics"
     assert twin.kinetics.spec.targets == ("growth",)
+
+
+def test_crossval_writes_held_out_metrics(small_campaign, tmp_path):
+    out_dir = tmp_path / "cv"
+    result = runner.invoke(app, ["crossval", str(small_campaign), "--model", "cho", "--scheme", "lobo", "--config", str(_config(tmp_path / "fit.toml", "rounds = 1\n")),
+                                 "--out", str(out_dir)])
+    assert result.exit_code == 0, result.output
+    metrics = pd.read_csv(out_dir / "metrics.csv")
+    assert set(metrics["fold"]) == {"C1-LOW", "C1-MID", "C2-LOW"}
+    for fold in ("C1-LOW", "C1-MID", "C2-LOW"):  # only the held-out batch is scored in its fold
+        assert set(metrics.loc[metrics["fold"] == fold, "batch"]) == {fold}
+    assert metrics["nrmse"].between(0, 5).all()
+    summary = pd.read_csv(out_dir / "summary.csv", index_col=0)
+    assert {"vcd", "glucose", "titer"} <= set(summary.index)
+
+
+@pytest.mark.parametrize(("args", "phrase"), [
+    (["--scheme", "loo"], "unknown scheme 'loo'"),
+    (["--scheme", "logo", "--by", "donor"], "no batch covariate 'donor'"),
+    (["--scheme", "kfold", "--k", "9"], "needs at least 9 batches"),
+])
+def test_crossval_bad_input_exits_2(small_campaign, tmp_path, args, phrase):
+    result = runner.invoke(app, ["crossval", str(small_campaign), "--model", "cho", "--out", str(tmp_path / "cv"),
+                                 *args])
+    assert result.exit_code == 2, result.output
+    assert phrase in result.output
