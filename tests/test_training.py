@@ -124,3 +124,58 @@ def test_non_finite_loss_stops_with_the_step_and_batches(tmp_path):
     with pytest.raises(NonFiniteLossError, match=r"non-finite at step 1 \(batches \['C1-LOW', 'C2-LOW'\]\)"):
         train_hybrid(twin, campaign, noise, config)
     assert not (tmp_path / "ck" / "checkpoint.json").exists()  # nothing written from a broken step
+
+
+def test_gradient_of_the_full_training_loss_matches_finite_differences():
+    """The loss `train_hybrid` minimises (censored NLL over all batches): reverse-mode gradient w.r.t. a network
+    weight and a jointly trained log-parameter against central finite differences."""
+    import equinox as eqx
+    import jax.numpy as jnp
+
+    from cgt_twin.data import Event, Medium, Protocol
+    from cgt_twin.data.synthetic import SamplingPlan, synthetic_campaign
+    from cgt_twin.fit.observations import align
+    from cgt_twin.fit.training import _batch_losses, _trainable
+    from cgt_twin.hybrid import ResidualSpec, hybrid
+    from cgt_twin.models import CHOFedBatch, Twin
+    from cgt_twin.simulate import SolverSettings, prepare
+
+    feed = Medium("feed", {"glucose": 400.0, "glutamine": 40.0})
+    protocols = {b: Protocol(1.0, (*(Event(24.0 * d + 1, "bolus", f, "L", medium="feed") for d in range(2, 5)),
+                                   Event(120.0, "harvest")), {"feed": feed}, max_volume=2.0)
+                 for b, f in (("A", 0.02), ("B", 0.04))}
+    campaign = synthetic_campaign(Twin(CHOFedBatch()), protocols, seed=3,
+                                  sampling=SamplingPlan(variables=("vcd", "glucose", "lactate"),
+                                                        loq={"lactate": 1.5}))
+    assert (campaign.censored["lactate"].values < 0).any()  # the censored branch is in the loss
+    kinetics = hybrid(CHOFedBatch(), ResidualSpec(targets=("growth", "lactate"), features=("glucose", "lactate"),
+                                                  hidden=(3,)), seed=1)
+    # non-zero last layer so that the network's gradient is not trivially structured
+    last = kinetics.residual.layers[-1]
+    kinetics = eqx.tree_at(lambda k: k.residual.layers[-1].weight, kinetics, 0.05 * jnp.ones_like(last.weight))
+    twin = Twin(kinetics)
+    variables = ("vcd", "glucose", "lactate")
+    prepared = prepare(twin, campaign)
+    data = align(campaign, prepared, variables)
+    problem = {"encoded": prepared.encoded, "values": data.values, "mask": data.mask, "censored": data.censored}
+    fixed = {"params": dict(twin.params), "sigma_abs": jnp.asarray([0.02, 0.1, 0.1])[:, None, None, None],
+             "sigma_rel": jnp.asarray([0.08, 0.04, 0.05])[:, None, None, None]}
+    static = (SolverSettings(rtol=1e-10, atol=1e-12), variables)
+    trainable = _trainable(twin, ("mu_max",))
+
+    def loss(t):
+        return jnp.sum(_batch_losses(kinetics, t, fixed, problem, static))
+
+    grads = eqx.filter_grad(loss)(trainable)
+    for path, analytic in ((lambda t: t["residual"].layers[-1].weight, grads["residual"].layers[-1].weight[1, 2]),
+                           (lambda t: t["log_params"]["mu_max"], grads["log_params"]["mu_max"])):
+        h = 1e-5
+
+        def shifted(delta, path=path):
+            leaf = path(trainable)
+            bump = jnp.zeros_like(leaf).at[(1, 2) if leaf.ndim == 2 else ()].set(delta)
+            return float(loss(eqx.tree_at(path, trainable, leaf + bump)))
+
+        numeric = (shifted(h) - shifted(-h)) / (2 * h)
+        assert float(analytic) == pytest.approx(numeric, rel=1e-5, abs=1e-6)
+    assert np.isfinite(float(loss(trainable)))
