@@ -11,7 +11,7 @@ export EQX_ON_ERROR ?= nan
 # Tests run on 2 cores: one worker each.
 PYTEST_WORKERS ?= 2
 
-.PHONY: install demo test test-fast docs bench bench-quick lint clean help
+.PHONY: install demo test test-fast test-extended docs bench bench-quick lint clean help
 
 help:
 	@echo "make demo       run the demo on bundled (or ../shared) data"
@@ -32,10 +32,13 @@ demo: $(STAMP)
 	$(VENV)/bin/cgt-twin demo --out demo_out
 
 test: $(STAMP)
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=15 tests
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=15 -m "not extended" tests
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not slow" -q tests
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not slow and not extended" -q tests
+
+test-extended: $(STAMP)
+	$(PY) -m pytest --durations=15 -m extended tests
 
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site

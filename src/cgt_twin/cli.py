@@ -199,7 +199,7 @@ def fit(folder: Annotated[Path, typer.Argument(help="campaign folder")],
         out_dir: Annotated[Path, typer.Option("--out", help="twin artifact folder to write")],
         hybrid: Annotated[bool, typer.Option("--hybrid", help="add and train a neural residual")] = False,
         holdout: Annotated[str | None, typer.Option(help="batches left out of the fit, comma-separated")] = None,
-        config: Annotated[Path | None, typer.Option(help="fit.toml with [mechanistic], [residual], [training]")]
+        config: Annotated[Path | None, typer.Option(help="fit.toml (tables mechanistic, residual, training)")]
         = None,
         option: Annotated[list[str], typer.Option(help="model option, e.g. lactate_consumption=true")] = [],  # noqa: B006
         seed: Annotated[int, typer.Option(help="random seed")] = 0,
@@ -245,22 +245,31 @@ def predict(twin_dir: Annotated[Path, typer.Argument(help="twin artifact folder"
             folder: Annotated[Path, typer.Argument(help="campaign folder")],
             out_file: Annotated[Path, typer.Option("--out", help="long CSV to write")],
             batches: Annotated[str | None, typer.Option(help="only these batches, comma-separated")] = None,
-            overwrite: Annotated[bool, typer.Option(help="replace an existing output file")] = False) -> None:
+            overwrite: Annotated[bool, typer.Option(help="replace an existing output file")] = False,
+            no_posterior: Annotated[bool, typer.Option("--no-posterior", help="ignore a posterior stored in the "
+                                                       "artifact (bands from the noise model only)")] = False,
+            band: Annotated[str, typer.Option(help="with a posterior: measurement | parameter")] = "measurement",
+            seed: Annotated[int, typer.Option(help="random seed of the posterior predictive")] = 0) -> None:
     """Open-loop prediction of each batch from its initial state and protocol:
-    batch,time_h,variable,mean,q05,q95,unit,phase."""
+    batch,time_h,variable,mean,q05,q95,unit,phase (posterior predictive when the artifact holds a posterior)."""
 
     def body():
         from .data.folder import read_campaign
-        from .io import append_provenance, campaign_hash, load_twin
+        from .io import append_provenance, campaign_hash, load_posterior, load_twin
         from .predict import predict as run, prediction_to_long
 
         if out_file.exists() and not overwrite:
             raise FileExistsError(f"{out_file} exists; pass --overwrite to replace it")
         twin = load_twin(twin_dir)
+        posterior = None if no_posterior else load_posterior(twin_dir)
         campaign = read_campaign(folder)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            prediction = run(twin, campaign, batches=_split(batches) or None)
+            prediction = run(twin, campaign, batches=_split(batches) or None, posterior=posterior, band=band,
+                             seed=seed)
+        if posterior is not None:
+            out.print(f"posterior predictive ({posterior.method}, {prediction.attrs['n_draws']} draws, {band} band)",
+                      markup=False)
         for batch, why in json.loads(prediction.attrs.get("skipped", "{}")).items():
             err.print(f"skipped batch {batch}: {why}", markup=False)
         table = prediction_to_long(prediction)
@@ -278,23 +287,77 @@ def predict(twin_dir: Annotated[Path, typer.Argument(help="twin artifact folder"
 @app.command()
 def report(twin_dir: Annotated[Path, typer.Argument(help="twin artifact folder")],
            folder: Annotated[Path, typer.Argument(help="campaign folder")],
-           out_dir: Annotated[Path, typer.Option("--out", help="folder for metrics and plots")]) -> None:
+           out_dir: Annotated[Path, typer.Option("--out", help="folder for metrics and plots")],
+           no_posterior: Annotated[bool, typer.Option("--no-posterior", help="ignore a posterior stored in the "
+                                                      "artifact")] = False) -> None:
     """Metrics (NRMSE per batch and variable) and plots (data over predicted bands, parity) of a twin on a
-    campaign."""
+    campaign (posterior predictive bands when the artifact holds a posterior)."""
 
     def body():
         from .data.folder import read_campaign
-        from .io import load_twin
+        from .io import load_posterior, load_twin
         from .predict import predict as run
         from .report import write_report
 
         twin = load_twin(twin_dir)
+        posterior = None if no_posterior else load_posterior(twin_dir)
         campaign = read_campaign(folder)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            prediction = run(twin, campaign)
+            prediction = run(twin, campaign, posterior=posterior)
         paths = write_report(campaign, prediction, out_dir, title=f"{twin_dir.name} on {folder.name}")
         out.print(f"[green]report[/] -> {escape(str(paths['report']))}", markup=True)
+
+    _run(body)
+
+
+@app.command()
+def sample(twin_dir: Annotated[Path, typer.Argument(help="twin artifact folder (left untouched)")],
+           folder: Annotated[Path, typer.Argument(help="campaign folder")],
+           out_dir: Annotated[Path, typer.Option("--out", help="new twin artifact folder holding the posterior")],
+           config: Annotated[Path | None, typer.Option(help="bayes.toml: method, forward_mode, model and sampler "
+                                                          "tables")] = None,
+           seed: Annotated[int | None, typer.Option(help="random seed (overrides the config's)")] = None,
+           overwrite: Annotated[bool, typer.Option(help="replace an existing output artifact")] = False) -> None:
+    """Sample the posterior of a twin on a campaign (NUTS or Laplace) and write a new artifact with it; print what
+    was sampled, what was held fixed and the diagnostics."""
+
+    def body():
+        from .bayes import PosteriorWarning
+        from .bayes import sample as run
+        from .bayes.config import read_bayes_config
+        from .data.folder import read_campaign
+        from .io import append_provenance, campaign_hash, load_twin, save_twin
+
+        if out_dir.exists() and not overwrite:
+            raise FileExistsError(f"{out_dir} exists; pass --overwrite to replace it")
+        if out_dir.resolve() == twin_dir.resolve():
+            raise FileExistsError(f"{out_dir} is the input artifact; sample writes a new one")
+        settings = read_bayes_config(config, seed=seed)
+        twin = load_twin(twin_dir)
+        source = json.loads((twin_dir / "twin.json").read_text(encoding="utf-8"))
+        campaign = read_campaign(folder)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("always", PosteriorWarning)
+            with warnings.catch_warnings(record=True):
+                posterior = run(twin, campaign, settings.model, settings.sampler, method=settings.method,
+                                forward_mode=settings.forward_mode)
+        data_hash = campaign_hash(campaign)
+        details = {"input_artifact": str(twin_dir), "input_content_hash": source.get("content_hash"),
+                   "method": posterior.method, "sampled": list(posterior.parameters),
+                   "held": sorted(posterior.held), "problems": list(posterior.problems)}
+        save_twin(twin, out_dir, overwrite=overwrite, data_hash=data_hash,
+                  fit_settings={**source.get("fit_settings", {}), "sample": details},
+                  metadata=source.get("metadata", {}), posterior=posterior)
+        append_provenance(out_dir, "sample " + " ".join(sys.argv[1:]),
+                          status="ok" if posterior.check() else "diagnostics failed", data_hash=data_hash,
+                          seed=settings.sampler.seed, details=details)
+        out.print(f"[green]sampled[/] -> {escape(str(out_dir))}", markup=True)
+        out.print(posterior.report(), markup=False)
+        if posterior.problems:
+            err.print("[bold yellow]warning[/]: diagnostics failed — " + escape("; ".join(posterior.problems)),
+                      markup=True)
 
     _run(body)
 
@@ -311,8 +374,67 @@ def demo(out_dir: Annotated[Path, typer.Option("--out", help="folder for the dem
     _run(lambda: run_demo(out_dir, data, console=out, calibrate=calibrate, training_steps=steps))
 
 
+@app.command()
+def crossval(folder: Annotated[Path, typer.Argument(help="campaign folder")],
+             model: Annotated[str, typer.Option(help="cho | hek293 | hek293-lv | tcell")],
+             out_dir: Annotated[Path, typer.Option("--out", help="folder for metrics.csv and summary.csv")],
+             scheme: Annotated[str, typer.Option(help="lobo | logo | kfold")] = "lobo",
+             by: Annotated[str | None, typer.Option(help="batch covariate for logo, e.g. cell_line")] = None,
+             k: Annotated[int | None, typer.Option(help="number of folds for kfold")] = None,
+             hybrid: Annotated[bool, typer.Option("--hybrid", help="add and train a neural residual")] = False,
+             config: Annotated[Path | None, typer.Option(help="fit.toml (tables mechanistic, residual, training)")]
+             = None,
+             option: Annotated[list[str], typer.Option(help="model option, e.g. lactate_consumption=true")] = [],  # noqa: B006
+             seed: Annotated[int, typer.Option(help="random seed (k-fold shuffling and fits)")] = 0) -> None:
+    """Cross-validate a calibration recipe by batch: calibrate on each fold's training batches, predict the held-out
+    batches open loop, and write per-batch metrics (metrics.csv) and their mean per variable (summary.csv)."""
+
+    def body():
+        from .data.folder import read_campaign
+        from .fit.calibrate import read_calibration_config
+        from .fit.crossval import cross_validate, make_folds
+        from .hybrid import DEFAULT_RESIDUALS
+        from .models.registry import make_kinetics
+        from .models.twin import Twin
+
+        campaign = read_campaign(folder)
+        kinetics = make_kinetics(model, _parse_options(option))
+        folds = make_folds(campaign, scheme, by=by, k=k, seed=seed)
+        default = DEFAULT_RESIDUALS.get(kinetics.cell_type) if hybrid else None
+        settings = read_calibration_config(config, hybrid_default=default)
+        if not hybrid:
+            settings = dataclasses.replace(settings, residual=None)
+        settings = dataclasses.replace(settings, mechanistic=dataclasses.replace(settings.mechanistic, seed=seed))
+        result = cross_validate(Twin(kinetics), campaign, settings, folds)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        result.metrics.to_csv(out_dir / "metrics.csv", index=False)
+        summary = result.summary()
+        summary.to_csv(out_dir / "summary.csv")
+        out.print(f"{len(folds)} folds ({scheme}); mean normalised RMSE of held-out batches:", markup=False)
+        for variable, row in summary.iterrows():
+            out.print(f"  {variable}: {row['nrmse']:.3f}", markup=False)
+        out.print(f"wrote {out_dir / 'metrics.csv'} and {out_dir / 'summary.csv'}", markup=False)
+
+    _run(body)
+
+
+def _use_compilation_cache() -> None:
+    """Keeps compiled programs between runs of the script (JAX's persistent cache, in ``~/.cache/cgt_twin/xla``
+    unless ``JAX_COMPILATION_CACHE_DIR`` says otherwise): a calibration script then compiles each model once."""
+    import jax
+
+    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cgt_twin" / "xla"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return  # a read-only home: compile every run
+        jax.config.update("jax_compilation_cache_dir", str(folder))
+
+
 def main() -> None:
     """Entry point of the ``cgt-twin`` script."""
+    _use_compilation_cache()
     try:
         app()
     except KeyboardInterrupt:

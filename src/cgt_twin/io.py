@@ -7,6 +7,9 @@ Layout of an artifact folder:
   settings when it came from a fit; free metadata.
 - ``arrays.npz``: the neural residual's weights (numpy format, read with ``allow_pickle=False``), if any.
 - ``provenance.jsonl``: an append-only, hash-chained log of every fit, prediction and sample made with it.
+- ``posterior.json`` + ``posterior.npz`` (optional, written by ``cgt-twin sample``): a `cgt_twin.bayes.Posterior` of
+  the twin, with its own content hash, which ``twin.json`` records too (``posterior_hash``); `load_posterior` checks
+  both and that the posterior was made for this twin.
 
 The content hash (SHA-256 of the canonical model JSON and the array bytes) is checked on every load, so a tampered or
 truncated artifact fails with a clear message; the log is not covered by it (it grows). Artifacts are written to a
@@ -38,8 +41,8 @@ from .models.kinetics import AbstractKinetics
 from .models.registry import MODELS, make_kinetics
 from .models.twin import Twin
 
-__all__ = ["SCHEMA_VERSION", "save_twin", "load_twin", "append_provenance", "read_provenance", "verify_provenance",
-           "campaign_hash", "ArtifactError"]
+__all__ = ["SCHEMA_VERSION", "save_twin", "load_twin", "load_posterior", "append_provenance", "read_provenance",
+           "verify_provenance", "campaign_hash", "ArtifactError"]
 
 SCHEMA_VERSION = 1
 """Version of the artifact layout this library writes; it reads this and every older one."""
@@ -120,8 +123,10 @@ def campaign_hash(campaign) -> str:
 
 
 def save_twin(twin: Twin, path: str | os.PathLike, *, overwrite: bool = False, data_hash: str | None = None,
-              fit_settings: Mapping | None = None, metadata: Mapping | None = None) -> Path:
+              fit_settings: Mapping | None = None, metadata: Mapping | None = None, posterior=None) -> Path:
     """Writes a twin artifact folder atomically (see the module docstring); returns its path.
+
+    `posterior` (a `cgt_twin.bayes.Posterior` of this twin) is written beside it, in the same atomic step.
 
     Raises:
         FileExistsError: if the folder exists and `overwrite` is False.
@@ -140,6 +145,9 @@ def save_twin(twin: Twin, path: str | os.PathLike, *, overwrite: bool = False, d
                 "versions": _versions(), "data_hash": data_hash, "fit_settings": dict(fit_settings or {}),
                 "metadata": dict(metadata or {})}
     with atomic_folder(target, overwrite=overwrite, keep=("provenance.jsonl",)) as staging:  # the log is never lost
+        if posterior is not None:
+            document["posterior_hash"] = posterior.write(staging)
+            document["posterior_for"] = document["content_hash"]
         (staging / "twin.json").write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         (staging / "arrays.npz").write_bytes(array_bytes)
     return target
@@ -206,6 +214,39 @@ def load_twin(path: str | os.PathLike) -> Twin:
         _fail(folder, f"invalid model section: {'; '.join(p.message for p in exc.problems)}")
     except (KeyError, TypeError, ValueError) as exc:
         _fail(folder, f"invalid model section ({type(exc).__name__}: {exc})")
+
+
+def load_posterior(path: str | os.PathLike):
+    """The posterior stored in a twin artifact, or None when it holds none. Checks the twin (as `load_twin`), the
+    posterior's content hash, that ``twin.json`` records the same hash, and that it was made for this twin.
+
+    Raises:
+        ArtifactError: for a tampered, truncated or foreign posterior (or twin).
+    """
+    from .bayes.posterior import Posterior
+
+    folder = Path(path)
+    twin = load_twin(folder)
+    document = json.loads((folder / "twin.json").read_text(encoding="utf-8"))
+    recorded = document.get("posterior_hash")
+    present = (folder / "posterior.json").exists() or (folder / "posterior.npz").exists()
+    if recorded is None and not present:
+        return None
+    if recorded is None:
+        _fail(folder, "posterior files present but twin.json records no posterior: they were added afterwards")
+    if document.get("posterior_for") != document.get("content_hash"):
+        _fail(folder, "the posterior was made for another twin")
+    try:
+        posterior = Posterior.read(folder)
+    except ValueError as exc:
+        _fail(folder, str(exc))
+    stored = json.loads((folder / "posterior.json").read_text(encoding="utf-8")).get("content_hash")
+    if stored != recorded:
+        _fail(folder, f"posterior hash mismatch (twin.json records {recorded}, posterior.json has {stored})")
+    missing = [p for p in posterior.parameters if p not in twin.params]
+    if missing:
+        _fail(folder, f"the posterior samples {missing}, which the twin does not have")
+    return posterior
 
 
 def append_provenance(path: str | os.PathLike, command: str, *, status: str, data_hash: str | None = None,

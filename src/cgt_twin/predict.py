@@ -2,13 +2,15 @@
 
 `predict(twin, campaign)` simulates every batch from its initial state and protocol and returns, per observed variable,
 the mean and the 5 % / 95 % quantiles of a measurement (the twin's noise model: normal with σ² = σ_abs² + (σ_rel·ŷ)²,
-kept within the variable's physical bounds). A posterior (issue: Bayesian uncertainty) will add parameter spread.
+kept within the variable's physical bounds). With a `cgt_twin.bayes.Posterior` the bands are posterior predictive:
+every posterior draw is simulated (hierarchical batch effects drawn for new batches), and the quantiles include
+measurement noise (``band="measurement"``) or only the parameter spread (``band="parameter"``).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -17,7 +19,7 @@ from scipy import stats
 
 from .data.variables import CANONICAL_VARIABLES
 from .models.twin import Twin
-from .simulate import simulate
+from .simulate import prepare, simulate
 
 __all__ = ["predict", "prediction_to_long", "STATISTICS"]
 
@@ -25,7 +27,9 @@ STATISTICS = ("mean", "q05", "q95")
 
 
 def predict(twin: Twin, data, times=None, *, batches: Sequence[str] | None = None,
-            quantiles: tuple[float, float] = (0.05, 0.95), **simulate_kwargs) -> xr.Dataset:
+            quantiles: tuple[float, float] = (0.05, 0.95), posterior=None, band: str = "measurement",
+            n_draws: int = 200, seed: int = 0, groups: Mapping[str, str] | None = None,
+            **simulate_kwargs) -> xr.Dataset:
     """Predicted measurements with bands.
 
     Args:
@@ -34,11 +38,22 @@ def predict(twin: Twin, data, times=None, *, batches: Sequence[str] | None = Non
         times: output times, h (default: the campaign's).
         batches: only these batches of a campaign.
         quantiles: lower and upper quantile of the band.
+        posterior: a `cgt_twin.bayes.Posterior` of this twin: the bands become posterior predictive ones.
+        band: with a posterior, ``"measurement"`` (a new measurement: parameter spread and noise) or
+            ``"parameter"`` (the spread of the predicted truth only).
+        n_draws: posterior draws simulated.
+        seed: random seed of the draw selection, new batch effects and noise.
+        groups: batch -> group level (the posterior's grouping covariate) for batches of a campaign without it, or
+            of protocols; a campaign's own batch metadata is used otherwise.
 
     Returns:
         Dataset with dims ``(statistic, batch, time, phase)`` (statistic = mean, q05, q95) for every observed
-        variable, plus ``status`` per batch; attrs carry the skipped batches and the quantiles.
+        variable, plus ``status`` per batch; attrs carry the skipped batches and the quantiles (and, with a
+        posterior, the band, the number of draws and how each batch was treated).
     """
+    if posterior is not None:
+        return _predict_posterior(twin, data, times, batches, quantiles, posterior, band, n_draws, seed, groups,
+                                  simulate_kwargs)
     trajectory = simulate(twin, data, times, batches=batches, **simulate_kwargs)
     layout_states = set(json.loads(trajectory.attrs.get("states", "[]")))
     z_low, z_high = stats.norm.ppf(quantiles[0]), stats.norm.ppf(quantiles[1])
@@ -58,6 +73,48 @@ def predict(twin: Twin, data, times=None, *, batches: Sequence[str] | None = Non
     ds = xr.Dataset(data_vars, coords={"statistic": list(STATISTICS), "batch": trajectory["batch"].values,
                                        "time": trajectory["time"].values, "phase": ["pre", "post"]})
     ds.attrs = {**trajectory.attrs, "quantiles": json.dumps(list(quantiles))}
+    return ds
+
+
+def _predict_posterior(twin, data, times, batches, quantiles, posterior, band, n_draws, seed, groups,
+                       simulate_kwargs) -> xr.Dataset:
+    """Posterior predictive version of `predict` (same dims and statistics)."""
+    from .bayes.predictive import BANDS, predictive_bands, predictive_draws
+    from .data.campaign import Campaign
+    from .data.errors import CampaignValidationError, Problem
+
+    if band not in BANDS:
+        raise CampaignValidationError(Problem("band", f"must be one of {BANDS}, got {band!r}"))
+    missing = [p for p in posterior.parameters if p not in twin.params]
+    if missing:
+        raise CampaignValidationError(Problem("posterior", f"the posterior samples {missing}, which this twin "
+                                                           "does not have: it belongs to another model"))
+    settings = simulate_kwargs.get("settings")
+    prepared = prepare(twin, data, times, batches=batches, initial_states=simulate_kwargs.get("initial_states"))
+    point = predict(twin, prepared, quantiles=quantiles, settings=settings)
+    if not prepared.names:
+        return point
+    group_of = dict(groups or {})
+    covariate = posterior.meta.get("group")
+    if covariate and isinstance(data, Campaign):
+        meta = data.batch_metadata()
+        if covariate in meta.columns:
+            for b in prepared.names:
+                value = meta.loc[b, covariate]
+                if b not in group_of and pd.notna(value) and str(value).strip():
+                    group_of[b] = str(value)
+    observed, status, kinds, index = predictive_draws(posterior, twin, prepared, group_of, n_draws=n_draws,
+                                                      seed=seed, settings=settings)
+    bands = predictive_bands(posterior, twin, observed, index, band=band, quantiles=quantiles, seed=seed)
+    ds = point.copy()
+    for name in ds.data_vars:
+        if name in bands and "statistic" in ds[name].dims:
+            ds[name] = (("statistic", "batch", "time", "phase"), bands[name], dict(ds[name].attrs))
+    failed = (status != 0).sum(axis=0)
+    ds["status"] = ("batch", np.asarray(["ok" if f == 0 else f"{f} of {status.shape[0]} draws failed"
+                                         for f in failed], dtype=object))
+    ds.attrs = {**point.attrs, "posterior": posterior.method, "band": band, "n_draws": int(index.size),
+                "batch_kinds": json.dumps(kinds), "posterior_problems": json.dumps(list(posterior.problems))}
     return ds
 
 

@@ -191,7 +191,7 @@ def train_hybrid(twin: Twin, campaign: Campaign, noise: Mapping[str, tuple[float
                 best_value, best_step, best = monitored, index + 1, trainable
             history.append(record)
             bar.update(1)
-            bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k != "step"})
+            bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k not in ("step", "seconds")})
             done = "validation" in problems_data and index + 1 - best_step >= config.patience
             if config.checkpoint_dir and ((index + 1) % config.checkpoint_every == 0 or done
                                           or index + 1 == config.steps):

@@ -1,0 +1,197 @@
+"""Bayesian benchmark (issue 5): posterior of a CHO twin, coverage of predictive bands, sampler cost.
+
+Measures, on a synthetic CHO fed-batch campaign made from `CHOFedBatch` at its default parameters (the known truth),
+6 batches with different feed volumes plus one held-out batch:
+1. the identifiable subset (from the curvature of the log posterior at the truth-started fit) and NUTS on it:
+   wall time, R-hat, divergences, ESS per second, peak RSS;
+2. forward- vs reverse-mode time per log-density gradient;
+3. coverage: the share of held-out observations inside the 90 % posterior predictive interval (target 85–95 %), and
+   the share of sampled true parameters inside their 95 % credible interval over repeated datasets;
+4. Laplace vs NUTS predictive band widths side by side;
+5. (full run only) NUTS on all 12 kinetic parameters, and the UMN CHO runs with a cell-line grouping when
+   ../shared/datasets is present.
+
+Run: ``python benchmarks/bench_bayes.py [--quick] [--json out.json]``. `run(quick)` returns figure records
+``{"name", "value", "unit", "peer", "ratio", "target", "met"}``. Timings are the machine's; `--quick` shrinks chains,
+draws and repetitions (its figures are not the issue's targets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import time
+import warnings
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+
+def _record(name, value, unit, target=None, met=None, peer=None, ratio=None):
+    return {"name": name, "value": None if value is None else float(value), "unit": unit, "peer": peer,
+            "ratio": ratio, "target": target, "met": met}
+
+
+def cho_campaign(seed: int, n_batches: int = 7):
+    from cgt_twin.data import Event, Medium, Protocol
+    from cgt_twin.data.synthetic import SamplingPlan, synthetic_campaign
+    from cgt_twin.models import Twin
+    from cgt_twin.models.cho import CHOFedBatch
+
+    feed = Medium("feed", {"glucose": 400.0, "glutamine": 40.0})
+    protocols, states = {}, {}
+    for i in range(n_batches):
+        volume = 0.015 + 0.005 * i
+        events = [Event(48.0 + 24.0 * d, "bolus", volume, "L", medium="feed") for d in range(10)]
+        protocols[f"B{i}"] = Protocol(1.0, (*events, Event(336.0, "harvest")), {"feed": feed}, max_volume=2.0)
+        states[f"B{i}"] = {"vcd": 0.3 + 0.05 * i, "dead_cells": 0.01, "glucose": 35.0, "glutamine": 4.0,
+                           "lactate": 1.0, "ammonia": 0.5, "titer": 0.0}
+    plan = SamplingPlan(every_h=24.0, variables=("vcd", "glucose", "lactate", "glutamine", "ammonia", "titer"))
+    twin = Twin(CHOFedBatch())
+    return twin, synthetic_campaign(twin, protocols, sampling=plan, seed=seed, initial_states=states)
+
+
+def _fit(twin, campaign, holdout):
+    from cgt_twin.fit import FitConfig, fit_mechanistic
+
+    return fit_mechanistic(twin, campaign, FitConfig(holdout=holdout, initial_states=(), max_steps=200))
+
+
+def _coverage(prediction, campaign, batch):
+    inside = total = 0
+    for variable in prediction.data_vars:
+        if "statistic" not in prediction[variable].dims or variable not in campaign.variables:
+            continue
+        band = prediction[variable].sel(batch=batch, phase="pre")
+        data = campaign.data[variable].sel(batch=batch, phase="pre").mean("replicate")
+        for t in data["time"].values:
+            y = float(data.sel(time=t))
+            if not np.isfinite(y) or t not in band["time"].values or t == 0.0:
+                continue
+            low, high = float(band.sel(statistic="q05", time=t)), float(band.sel(statistic="q95", time=t))
+            if np.isfinite(low):
+                inside += low <= y <= high
+                total += 1
+    return inside, total
+
+
+def run(quick: bool = False) -> list[dict]:
+    from cgt_twin.bayes import (
+        BayesConfig,
+        NutsConfig,
+        build_model,
+        laplace,
+        potential,
+        sample_nuts,
+        select_identifiable,
+    )
+    from cgt_twin.predict import predict
+
+    warnings.simplefilter("ignore")
+    chains, warmup, draws = (2, 100, 100) if quick else (4, 500, 500)
+    repeats = 2 if quick else 10
+    records = []
+    holdout = "B6"
+    truth_twin, campaign = cho_campaign(seed=0)
+    fit = _fit(truth_twin, campaign, (holdout,))
+    train = [b for b in campaign.batches if b != holdout]
+    config = BayesConfig(max_parameters=6)
+    chosen = select_identifiable(fit.twin, campaign, config, standard_errors=fit.standard_errors, batches=train)
+    records.append(_record("identifiable parameters sampled", len(chosen), "count", "<= 6", len(chosen) <= 6))
+    config = BayesConfig(parameters=chosen)
+
+    # 2. forward vs reverse gradient
+    import jax
+
+    for forward in (True, False):
+        model = build_model(fit.twin, campaign, config, batches=train, forward_mode=forward)
+        x0, fn, _, _ = potential(model)
+        grad = jax.jit(jax.jacfwd(fn) if forward else jax.grad(fn))
+        jax.block_until_ready(grad(x0))
+        start = time.perf_counter()
+        for i in range(10):
+            jax.block_until_ready(grad(x0 + 1e-4 * i))
+        records.append(_record(f"log-density gradient, {'forward' if forward else 'reverse'} mode",
+                               (time.perf_counter() - start) / 10 * 1e3, "ms"))
+
+    # 1. NUTS on the identifiable subset
+    model = build_model(fit.twin, campaign, config, batches=train, forward_mode=True)
+    start = time.perf_counter()
+    posterior = sample_nuts(model, NutsConfig(chains=chains, warmup=warmup, draws=draws))
+    seconds = time.perf_counter() - start
+    d = posterior.diagnostics
+    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    records += [
+        _record(f"NUTS {chains}x({warmup}+{draws}), {len(chosen)} parameters + noise, 6 batches", seconds, "s",
+                "<= 600 s (4x(500+500))", None if quick else seconds <= 600),
+        _record("R-hat max", d["r_hat_max"], "1", "<= 1.01", None if quick else d["r_hat_max"] <= 1.01),
+        _record("divergences", d["divergences"], "count", "0", None if quick else d["divergences"] == 0),
+        _record("bulk ESS per second (min over quantities)", d["ess_bulk_min"] / seconds, "1/s"),
+        _record("tree-depth saturation", d["tree_depth_saturation"], "fraction"),
+        _record("peak RSS", peak_gib, "GiB", "<= 4 GiB", None if quick else peak_gib <= 4.0),
+    ]
+
+    # 3a. held-out predictive coverage; 4. Laplace vs NUTS bands
+    band_nuts = predict(fit.twin, campaign, batches=[holdout], posterior=posterior, n_draws=200)
+    inside, total = _coverage(band_nuts, campaign, holdout)
+    coverage = inside / max(total, 1)
+    records.append(_record("held-out observations inside the 90 % predictive interval (NUTS)", 100 * coverage, "%",
+                           "85-95 %", None if quick else 0.85 <= coverage <= 0.95))
+    approx = laplace(model, draws=chains * draws)
+    band_laplace = predict(fit.twin, campaign, batches=[holdout], posterior=approx, n_draws=200)
+    for name, band in (("NUTS", band_nuts), ("Laplace", band_laplace)):
+        width = band["vcd"].sel(statistic="q95") - band["vcd"].sel(statistic="q05")
+        records.append(_record(f"mean 90 % band width of vcd, held-out batch ({name})",
+                               float(np.nanmean(width.values)), "1e6 cells/mL"))
+
+    # 3b. true parameters inside 95 % credible intervals over repeated datasets
+    hits = n = 0
+    truth = {k: float(v) for k, v in truth_twin.params.items()}
+    for r in range(repeats):
+        _, data = cho_campaign(seed=100 + r)
+        fit_r = _fit(truth_twin, data, (holdout,))
+        model_r = build_model(fit_r.twin, data, config, batches=train)
+        post = sample_nuts(model_r, NutsConfig(chains=chains, warmup=warmup, draws=draws, seed=r))
+        for p, values in post.parameter_values().items():
+            low, high = np.quantile(values, [0.025, 0.975])
+            hits += low <= truth[p] <= high
+            n += 1
+    records.append(_record(f"true parameters inside 95 % credible intervals ({repeats} datasets)",
+                           100 * hits / max(n, 1), "%", "about 95 %", None))
+
+    if not quick:  # 5. all kinetic parameters
+        every = BayesConfig(parameters=tuple(p.name for p in truth_twin.kinetics.parameters
+                                             if p.name != "eps_switch"))
+        model_all = build_model(fit.twin, campaign, every, batches=train)
+        start = time.perf_counter()
+        post_all = sample_nuts(model_all, NutsConfig(chains=chains, warmup=warmup, draws=draws))
+        seconds_all = time.perf_counter() - start
+        records += [_record(f"NUTS all {len(every.parameters)} kinetic parameters", seconds_all, "s"),
+                    _record("R-hat max (all parameters)", post_all.diagnostics["r_hat_max"], "1"),
+                    _record("tree-depth saturation (all parameters)", post_all.diagnostics["tree_depth_saturation"],
+                            "fraction")]
+    return records
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="reduced chains, draws and repetitions")
+    parser.add_argument("--json", help="write the figures to this JSON file")
+    args = parser.parse_args()
+    records = run(args.quick)
+    for r in records:
+        print(f"{r['name']}: {r['value']:.4g} {r['unit']}" + (f" (target {r['target']}, met {r['met']})"
+                                                            if r["target"] else ""))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump({"machine": platform.machine(), "cpus": os.cpu_count(), "records": records}, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()

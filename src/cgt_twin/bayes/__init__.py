@@ -1,0 +1,21 @@
+"""Bayesian uncertainty of a twin: a numpyro model from any twin (priors from the parameter specs, the fit's
+likelihood with censoring and masks, batches as a plate, non-centred hierarchical batch and group effects), NUTS and
+the Laplace approximation, the `Posterior` with diagnostics and ArviZ export, and the posterior predictive.
+
+```python
+from cgt_twin.bayes import BayesConfig, NutsConfig, sample
+posterior = sample(fit.twin, campaign, BayesConfig(hierarchical=("mu_max",), group="cell_line"),
+                   NutsConfig(chains=4, warmup=500, draws=500), standard_errors=fit.standard_errors)
+print(posterior.report())
+bands = cgt_twin.predict.predict(fit.twin, campaign, posterior=posterior)
+```
+"""
+
+from .inference import NutsConfig, laplace, potential, sample, sample_nuts, select_identifiable
+from .model import NUMERICAL_PARAMETERS, BayesConfig, Prior, TwinModel, build_model
+from .posterior import POSTERIOR_FILES, THRESHOLDS, Posterior, PosteriorWarning
+from .predictive import BANDS, batch_parameter_draws, predictive_bands, predictive_draws
+
+__all__ = ["BANDS", "NUMERICAL_PARAMETERS", "POSTERIOR_FILES", "THRESHOLDS", "BayesConfig", "NutsConfig", "Posterior",
+           "PosteriorWarning", "Prior", "TwinModel", "batch_parameter_draws", "build_model", "laplace", "potential",
+           "predictive_bands", "predictive_draws", "sample", "sample_nuts", "select_identifiable"]

@@ -1,0 +1,89 @@
+"""``bayes.toml``: what ``cgt-twin sample`` samples and how, checked before anything runs.
+
+```toml
+method = "nuts"            # or "laplace"
+forward_mode = true        # forward-mode sensitivities (numpyro forward_mode_differentiation)
+
+[model]                    # fields of BayesConfig
+parameters = ["mu_max", "q_p"]      # omit: the identifiable subset
+hierarchical = ["mu_max"]
+group = "cell_line"
+[model.priors.mu_max]      # override a spec's log-normal prior (median in the spec's unit, sd of the log)
+median = 0.03
+sigma = 0.3
+
+[sampler]                  # fields of NutsConfig
+chains = 4
+warmup = 500
+draws = 500
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from pathlib import Path
+
+from ..data.errors import CampaignValidationError, Problem
+from ..simulate import SolverSettings
+from .inference import NutsConfig
+from .model import BayesConfig, Prior
+
+__all__ = ["SampleSettings", "read_bayes_config"]
+
+_TUPLES = ("parameters", "hierarchical", "variables", "initial_states")
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleSettings:
+    """Everything ``cgt-twin sample`` needs: the model, the sampler, the method and the differentiation mode."""
+
+    model: BayesConfig = BayesConfig()
+    sampler: NutsConfig = NutsConfig()
+    method: str = "nuts"
+    forward_mode: bool = True
+
+
+def read_bayes_config(path: str | os.PathLike | None, *, seed: int | None = None) -> SampleSettings:
+    """Reads ``bayes.toml`` (None: the defaults). Unknown keys and wrong types are listed, not ignored."""
+    if path is None:
+        settings = SampleSettings()
+    else:
+        path = Path(path)
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise CampaignValidationError(Problem(str(path), "config file not found")) from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise CampaignValidationError(Problem(str(path), f"not valid TOML ({exc})")) from None
+        problems: list[Problem] = []
+        known_top = {"method", "forward_mode", "model", "sampler"}
+        problems += [Problem(str(path), f"unknown key {k!r}; known: {', '.join(sorted(known_top))}")
+                     for k in raw if k not in known_top]
+        model = dict(raw.get("model", {}))
+        priors = {}
+        for name, entry in dict(model.pop("priors", {})).items():
+            try:
+                priors[name] = Prior(**entry)
+            except TypeError as exc:
+                problems.append(Problem(str(path), f"[model.priors.{name}]: {exc}"))
+        solver = model.pop("solver", None)
+        fields = {f.name for f in dataclasses.fields(BayesConfig)}
+        problems += [Problem(str(path), f"[model]: unknown key {k!r}") for k in model if k not in fields]
+        sampler = dict(raw.get("sampler", {}))
+        nuts_fields = {f.name for f in dataclasses.fields(NutsConfig)}
+        problems += [Problem(str(path), f"[sampler]: unknown key {k!r}") for k in sampler if k not in nuts_fields]
+        if problems:
+            raise CampaignValidationError(problems, header="invalid bayes config")
+        model = {k: tuple(v) if k in _TUPLES and isinstance(v, list) else v for k, v in model.items()}
+        bayes = BayesConfig(**model, priors=priors,
+                            **({"solver": SolverSettings(**solver)} if isinstance(solver, dict) else {}))
+        settings = SampleSettings(bayes, NutsConfig(**sampler), str(raw.get("method", "nuts")),
+                                  bool(raw.get("forward_mode", True)))
+    if settings.method not in ("nuts", "laplace"):
+        raise CampaignValidationError(Problem("method", f"must be 'nuts' or 'laplace', got {settings.method!r}"))
+    if seed is not None:
+        settings = dataclasses.replace(settings, sampler=dataclasses.replace(settings.sampler, seed=seed))
+    return settings

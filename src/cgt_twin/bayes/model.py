@@ -1,0 +1,416 @@
+"""A `numpyro` model built from any twin: priors from the parameter specs, the fit's likelihood, batches as a plate.
+
+What is sampled (all on the natural-log scale of the parameter, in the spec's unit):
+
+- ``log_<name>`` for every sampled kinetic parameter: Normal(log prior median, prior σ) — the spec's log-normal prior
+  (`cgt_twin.models.parameters.Parameter`), overridable with `Prior`; the value is kept within the spec's bounds.
+- hierarchical parameters (non-centred): per batch ``log θ_b = log θ + τ_group·z_group[g(b)] + τ_batch·z_batch[b]``
+  with ``z ~ N(0, 1)`` and ``τ ~ HalfNormal(tau_sigma)`` (a between-batch spread on the log scale: τ = 0.1 is about
+  10 % variation). The group term is present when a grouping covariate (donor, clone, cell line) is given.
+- ``noise_scale`` (optional, one per observed variable): the twin's σ_abs and σ_rel multiplied by exp(noise_scale),
+  noise_scale ~ N(0, noise_sigma) — the shape of the error model stays the fitted one, its size is uncertain.
+- per-batch log initial states (optional), Normal(log of the held value, initial_sigma).
+
+Everything else (other kinetic parameters, the neural residual's weights, the other initial states) is held at the
+twin's values, and the `TwinModel` says which. The likelihood is `cgt_twin.fit.likelihood.negative_log_likelihood`
+(combined error model, values below/above a limit as censored, missing values masked), added with ``numpyro.factor``;
+a failed solve gives a log-density of −1e20 (the proposal is rejected), never a silent number.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+
+from ..data.campaign import Campaign
+from ..data.errors import CampaignValidationError, Problem
+from ..fit.likelihood import negative_log_likelihood
+from ..fit.observations import ObservationData, align, observable_variables
+from ..models.twin import Twin
+from ..simulate import EncodedBatch, SolverSettings, _observe, _solve_batches, prepare
+
+__all__ = ["Prior", "BayesConfig", "TwinModel", "build_model", "NUMERICAL_PARAMETERS"]
+
+NUMERICAL_PARAMETERS = ("eps_switch",)
+"""Parameters of the numerics, not the biology: never sampled."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Prior:
+    """A log-normal prior of a positive parameter, overriding its spec's.
+
+    Attributes:
+        median: prior median, in the parameter's unit (> 0).
+        sigma: standard deviation of the natural logarithm (> 0, finite).
+        lower, upper: support, in the parameter's unit (default: the spec's bounds).
+    """
+
+    median: float
+    sigma: float
+    lower: float | None = None
+    upper: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class BayesConfig:
+    """What the Bayesian model samples and how it is built.
+
+    Attributes:
+        parameters: kinetic parameters to sample (None: the identifiable subset, `select_identifiable`; the others
+            are held at the twin's values).
+        hierarchical: sampled parameters that vary between batches (non-centred random effects on the log scale).
+        group: batch covariate (``cell_line``, ``clone``, ``donor``, …) grouping batches; adds a group-level effect
+            to every hierarchical parameter.
+        variables: observed variables in the likelihood (default: every measured variable with a noise level in the
+            twin, or every predicted one that is measured when the twin has no noise model).
+        priors: parameter -> `Prior` overriding the spec's.
+        tau_sigma: scale of the half-normal prior of each between-batch / between-group spread (log scale).
+        noise: ``"scale"`` (sample one log multiplier of the noise per variable) or ``"fixed"``.
+        noise_sigma: prior sd of the log noise multiplier.
+        initial_states: states whose per-batch initial value is sampled (log scale).
+        initial_sigma: prior sd of a sampled log initial state around its held value.
+        max_parameters: cap on the identifiable subset chosen when `parameters` is None.
+        shrinkage: a parameter counts as identifiable when the data shrink its prior sd below this fraction.
+        solver: solver settings inside the model (``adjoint`` is set by the differentiation mode).
+        pooling: ``"partial"`` (one population value per parameter, hierarchical effects as configured) or
+            ``"none"`` (every batch has its own independent values of the sampled parameters, each with the spec's
+            prior: independent batches in one vectorised model, e.g. replicated datasets for calibration checks).
+    """
+
+    parameters: tuple[str, ...] | None = None
+    hierarchical: tuple[str, ...] = ()
+    group: str | None = None
+    variables: tuple[str, ...] | None = None
+    priors: Mapping[str, Prior] = dataclasses.field(default_factory=dict)
+    tau_sigma: float = 0.3
+    noise: str = "scale"
+    noise_sigma: float = 0.5
+    initial_states: tuple[str, ...] = ()
+    initial_sigma: float = 0.3
+    max_parameters: int = 6
+    shrinkage: float = 0.5
+    solver: SolverSettings = SolverSettings(max_steps=1024)
+    pooling: str = "partial"
+
+
+@dataclasses.dataclass(frozen=True)
+class TwinModel:
+    """A numpyro model of a twin on a campaign, with what is needed to start, read and predict from it.
+
+    Attributes:
+        model: the numpyro model (no arguments; call it under handlers or pass it to NUTS).
+        twin: the twin (held values come from it).
+        config: the configuration it was built with.
+        parameters: sampled kinetic parameters, in order.
+        held: kinetic parameters held at the twin's values -> value.
+        batches: batches in the plate, in order.
+        groups: group level of each batch (empty without a grouping covariate).
+        group_levels: the distinct group levels, in order.
+        variables: observed variables in the likelihood.
+        base_noise: variable -> (σ_abs, σ_rel) the noise scale multiplies.
+        prior_loc, prior_scale, lower, upper: log-scale prior and support of the sampled parameters.
+        init_values: a starting point for every sample site (the twin's values, zero effects).
+        initial_values: held initial state (canonical unit) of each batch: (batch, state).
+        forward_mode: whether the model's solver is set up for forward-mode differentiation.
+    """
+
+    model: object
+    twin: Twin
+    config: BayesConfig
+    parameters: tuple[str, ...]
+    held: dict[str, float]
+    batches: tuple[str, ...]
+    groups: tuple[str, ...]
+    group_levels: tuple[str, ...]
+    variables: tuple[str, ...]
+    base_noise: dict[str, tuple[float, float]]
+    prior_loc: np.ndarray
+    prior_scale: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    init_values: dict[str, np.ndarray]
+    initial_values: np.ndarray
+    forward_mode: bool
+    observations: ObservationData = dataclasses.field(repr=False)
+    encoded: EncodedBatch = dataclasses.field(repr=False)
+
+    @property
+    def n_dims(self) -> int:
+        """Number of unconstrained dimensions sampled."""
+        return int(sum(np.size(v) for v in self.init_values.values()))
+
+    def describe(self) -> str:
+        """One paragraph saying what is sampled and what is held fixed."""
+        parts = [f"sampled: {', '.join(self.parameters) or 'no kinetic parameter'}"]
+        if self.config.hierarchical:
+            parts.append(f"between-batch effects on {', '.join(self.config.hierarchical)}"
+                         + (f" with groups by {self.config.group} ({len(self.group_levels)} levels)"
+                            if self.config.group else ""))
+        if self.config.noise == "scale":
+            parts.append(f"noise scale of {', '.join(self.variables)}")
+        if self.config.initial_states:
+            parts.append(f"initial {', '.join(self.config.initial_states)} per batch")
+        held = ", ".join(self.held) or "none"
+        residual = "; neural residual held at its fitted weights" if hasattr(self.twin.kinetics, "residual") else ""
+        return "; ".join(parts) + f"; held at the twin's values: {held}{residual}"
+
+
+def _prior_of(spec, override: Prior | None) -> tuple[float, float, float, float]:
+    """(log median, log sd, lower, upper) of a parameter's prior."""
+    if override is None:
+        return math.log(spec.default), float(spec.prior_sigma), spec.lower, spec.upper
+    lower = spec.lower if override.lower is None else override.lower
+    upper = spec.upper if override.upper is None else override.upper
+    median = override.median
+    return (math.log(median) if median > 0 else math.nan), float(override.sigma), lower, upper
+
+
+def _check(twin: Twin, campaign: Campaign, config: BayesConfig, parameters: Sequence[str],
+           batches: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Every input problem, raised before anything is compiled. Returns (variables, group of each batch)."""
+    problems: list[Problem] = []
+    specs = {p.name: p for p in twin.kinetics.parameters}
+    for name in parameters:
+        if name not in specs:
+            problems.append(Problem("parameters", f"unknown parameter {name!r} of {type(twin.kinetics).__name__}"))
+        elif not specs[name].positive:
+            problems.append(Problem("parameters", f"{name} is not a positive parameter; only log-normal priors of "
+                                                  "positive parameters are supported"))
+    for name in config.priors:
+        if name not in specs:
+            problems.append(Problem("priors", f"prior given for unknown parameter {name!r}"))
+    for name in config.hierarchical:
+        if name not in parameters:
+            problems.append(Problem("hierarchical", f"{name!r} varies between batches but is not sampled; add it to "
+                                                    "the sampled parameters"))
+    for name in parameters:
+        if name not in specs:
+            continue
+        override = config.priors.get(name)
+        if override is not None and not (isinstance(override.median, int | float) and override.median > 0
+                                         and math.isfinite(override.median)):
+            problems.append(Problem("priors", f"{name}: prior median must be a finite number > 0, got "
+                                              f"{override.median!r}", column=name))
+            continue
+        loc, sd, lower, upper = _prior_of(specs[name], override)
+        if not (math.isfinite(sd) and sd > 0):
+            problems.append(Problem("priors", f"{name}: improper prior, log sd must be finite and > 0, got {sd!r}",
+                                    column=name))
+        if not (lower < upper) or lower < 0:
+            problems.append(Problem("priors", f"{name}: inconsistent support [{lower:g}, {upper:g}]", column=name))
+        elif not (lower <= math.exp(loc) <= upper):
+            problems.append(Problem("priors", f"{name}: prior median {math.exp(loc):g} {specs[name].unit} outside its "
+                                              f"support [{lower:g}, {upper:g}]", column=name))
+        value = float(np.asarray(twin.params[name]))
+        if not (math.isfinite(value) and lower < value < upper) or value <= 0:
+            problems.append(Problem("twin", f"{name} = {value:g} {specs[name].unit} lies outside the prior support "
+                                            f"({lower:g}, {upper:g}); sampling cannot start there", column=name))
+    for label, value in (("tau_sigma", config.tau_sigma), ("noise_sigma", config.noise_sigma),
+                         ("initial_sigma", config.initial_sigma)):
+        if not (math.isfinite(value) and value > 0):
+            problems.append(Problem(label, f"{label}: improper prior, must be finite and > 0, got {value!r}"))
+    if config.pooling not in ("partial", "none"):
+        problems.append(Problem("pooling", f"must be 'partial' or 'none', got {config.pooling!r}"))
+    if config.pooling == "none" and config.hierarchical:
+        problems.append(Problem("pooling", "unpooled batches have no hierarchical effects"))
+    if config.noise not in ("scale", "fixed"):
+        problems.append(Problem("noise", f"must be 'scale' or 'fixed', got {config.noise!r}"))
+    for state in config.initial_states:
+        if state not in twin.kinetics.layout.names:
+            problems.append(Problem("initial_states", f"unknown state {state!r}"))
+    meta = campaign.batch_metadata()
+    groups: list[str] = []
+    if config.group is not None:
+        if config.group not in meta.columns:
+            problems.append(Problem("group", f"unknown batch covariate {config.group!r}; the campaign has "
+                                             f"{', '.join(map(str, meta.columns))}"))
+        else:
+            column = meta.loc[list(batches), config.group]
+            missing = [b for b, v in column.items() if v is None or (isinstance(v, float) and math.isnan(v))
+                       or str(v).strip() == ""]
+            if missing:
+                problems.append(Problem("group", f"covariate {config.group!r} is missing for batches {missing}"))
+            groups = [str(v) for v in column.values]
+        if not config.hierarchical:
+            problems.append(Problem("group", "a grouping covariate needs at least one hierarchical parameter"))
+    predicted = observable_variables(twin.kinetics, twin.params)
+
+    def measured(v: str) -> bool:
+        return v in campaign.variables and bool(np.isfinite(campaign.data[v].sel(batch=list(batches)).values).any())
+
+    if config.variables is not None:
+        variables = list(config.variables)
+        for v in variables:
+            if v not in predicted:
+                problems.append(Problem("variables", f"the model cannot predict {v!r}", column=v))
+            elif not measured(v):
+                problems.append(Problem("variables", f"{v!r} has no measured values in these batches", column=v))
+    else:
+        noisy = [v for v in predicted if v in twin.noise and measured(v)]
+        variables = noisy or [v for v in predicted if measured(v)]
+    if not variables:
+        problems.append(Problem("variables", "no measured variable is predicted by the model"))
+    if problems:
+        raise CampaignValidationError(problems, header="cannot build the Bayesian model")
+    return variables, groups
+
+
+def build_model(twin: Twin, campaign: Campaign, config: BayesConfig | None = None, *,
+                batches: Sequence[str] | None = None,
+                initial_states: Mapping[str, Mapping[str, float]] | None = None,
+                forward_mode: bool = True) -> TwinModel:
+    """Builds the numpyro model of `twin` on `campaign` (see the module docstring for what is sampled).
+
+    Args:
+        twin: the (fitted) twin: held values, starting point and the noise model.
+        campaign: the measurements.
+        config: what to sample (default `BayesConfig()`; `parameters` None samples every non-numerical kinetic
+            parameter here — use `select_identifiable` to choose the identifiable subset first).
+        batches: the batches in the likelihood (default: every batch with recorded feeds).
+        initial_states: batch -> state -> value (canonical units) held fixed, e.g. a fit's `initial_states`
+            (default: from the data).
+        forward_mode: set the solver up for forward-mode differentiation (numpyro
+            ``forward_mode_differentiation=True``); False for reverse mode.
+
+    Raises:
+        CampaignValidationError: before anything is compiled, for improper or inconsistent priors, unknown names, a
+            grouping covariate missing for some batches, or twin values outside the prior support.
+    """
+    config = config or BayesConfig()
+    kinetics = twin.kinetics
+    specs = {p.name: p for p in kinetics.parameters}
+    parameters = list(config.parameters) if config.parameters is not None else \
+        [p.name for p in kinetics.parameters if p.name not in NUMERICAL_PARAMETERS]
+    if batches is None:
+        batches = [b for b in campaign.batches if campaign.protocols[b].feeds_known]
+    unknown = [b for b in batches if b not in campaign.batches]
+    if unknown:
+        raise CampaignValidationError(Problem("batches", f"unknown batches {unknown}"))
+    if not batches:
+        raise CampaignValidationError(Problem("campaign", "no batch with recorded feeds to sample on"))
+    variables, groups = _check(twin, campaign, config, parameters, batches)
+    prepared = prepare(twin, campaign, batches=list(batches), initial_states=initial_states)
+    if prepared.skipped:
+        raise CampaignValidationError([Problem("campaign", f"batch {b} cannot be simulated: {why}")
+                                       for b, why in prepared.skipped.items()])
+    batches = list(prepared.names)
+    if groups:
+        meta = campaign.batch_metadata()
+        groups = [str(meta.loc[b, config.group]) for b in batches]
+    data = align(campaign, prepared, variables)
+    settings = dataclasses.replace(config.solver, adjoint="forward" if forward_mode else "recursive")
+
+    priors = [_prior_of(specs[p], config.priors.get(p)) for p in parameters]
+    prior_loc = np.asarray([p[0] for p in priors])
+    prior_scale = np.asarray([p[1] for p in priors])
+    lower = np.log(np.maximum([p[2] for p in priors], 1e-300)) if priors else np.zeros(0)
+    upper = np.asarray([math.log(p[3]) if math.isfinite(p[3]) else 700.0 for p in priors])
+    held = {k: float(np.asarray(v)) for k, v in twin.params.items() if k not in parameters}
+    base_noise = {}
+    for i, v in enumerate(variables):
+        base_noise[v] = twin.noise.get(v, (0.05 * float(data.scales[i]), 0.05))
+    sigma_abs0 = jnp.asarray([max(base_noise[v][0], 1e-6 * float(data.scales[i])) for i, v in enumerate(variables)])
+    sigma_rel0 = jnp.asarray([base_noise[v][1] for v in variables])
+    group_levels = tuple(dict.fromkeys(groups))
+    group_index = jnp.asarray([group_levels.index(g) for g in groups], dtype=jnp.int32) if groups else None
+    state_index = np.asarray([kinetics.layout.index(s) for s in config.initial_states], dtype=np.int64)
+    y0 = np.asarray(prepared.encoded.y0)
+    log_y0 = jnp.asarray(np.log(np.maximum(y0[:, state_index], 1e-12)))
+    base = {k: jnp.asarray(v, dtype=jnp.float64) for k, v in twin.params.items()}
+    encoded = prepared.encoded
+    n_batch = len(batches)
+    loc_j, scale_j = jnp.asarray(prior_loc), jnp.asarray(prior_scale)
+    lower_j, upper_j = jnp.asarray(lower), jnp.asarray(upper)
+
+    def model():
+        log_values = {}
+        if config.pooling == "none":
+            with numpyro.plate("batch", n_batch):
+                for i, name in enumerate(parameters):
+                    log_values[name] = numpyro.sample(f"log_{name}", dist.Normal(loc_j[i], scale_j[i]))
+        else:
+            for i, name in enumerate(parameters):
+                log_values[name] = numpyro.sample(f"log_{name}", dist.Normal(loc_j[i], scale_j[i]))
+        per_batch = {k: jnp.broadcast_to(v, (n_batch,)) for k, v in base.items()}
+        effects = {name: jnp.zeros(n_batch) for name in config.hierarchical}
+        if config.hierarchical:
+            n_h = len(config.hierarchical)
+            tau = numpyro.sample("tau_batch", dist.HalfNormal(config.tau_sigma * jnp.ones(n_h)).to_event(1))
+            with numpyro.plate("batch", n_batch):
+                z = numpyro.sample("z_batch", dist.Normal(jnp.zeros(n_h), 1.0).to_event(1))
+            total = tau * z
+            if group_index is not None:
+                tau_g = numpyro.sample("tau_group", dist.HalfNormal(config.tau_sigma * jnp.ones(n_h)).to_event(1))
+                with numpyro.plate("group", len(group_levels)):
+                    z_g = numpyro.sample("z_group", dist.Normal(jnp.zeros(n_h), 1.0).to_event(1))
+                total = total + (tau_g * z_g)[group_index]
+            effects = {name: total[:, j] for j, name in enumerate(config.hierarchical)}
+        for i, name in enumerate(parameters):
+            value = log_values[name] + effects.get(name, 0.0)
+            per_batch[name] = jnp.broadcast_to(jnp.exp(jnp.clip(value, lower_j[i], upper_j[i])), (n_batch,))
+        enc = encoded
+        if state_index.size:
+            with numpyro.plate("batch", n_batch):
+                log_init = numpyro.sample("log_initial", dist.Normal(log_y0, config.initial_sigma).to_event(1))
+            enc = enc._replace(y0=enc.y0.at[:, state_index].set(jnp.exp(log_init)))
+        if config.noise == "scale":
+            scale = jnp.exp(numpyro.sample("noise_scale", dist.Normal(jnp.zeros(len(variables)),
+                                                                      config.noise_sigma).to_event(1)))
+        else:
+            scale = jnp.ones(len(variables))
+        prediction, status = _predict(kinetics, settings, per_batch, enc, variables)
+        sigma_abs = (sigma_abs0 * scale)[:, None, None, None, None]
+        sigma_rel = (sigma_rel0 * scale)[:, None, None, None, None]
+        nll = negative_log_likelihood(prediction[..., None], data.values, data.mask, data.censored, sigma_abs,
+                                      sigma_rel)
+        ok = jnp.all(status == 0) & jnp.isfinite(nll)
+        numpyro.deterministic("solver_failed", jnp.logical_not(ok))
+        numpyro.factor("loglik", jnp.where(ok, -nll, -1e20))
+
+    init = {f"log_{p}": np.asarray(math.log(float(np.asarray(twin.params[p])))) for p in parameters}
+    if config.pooling == "none":
+        init = {k: np.full(n_batch, v) for k, v in init.items()}
+    if config.hierarchical:
+        n_h = len(config.hierarchical)
+        init["tau_batch"] = np.full(n_h, 0.5 * config.tau_sigma)
+        init["z_batch"] = np.zeros((n_batch, n_h))
+        if group_index is not None:
+            init["tau_group"] = np.full(n_h, 0.5 * config.tau_sigma)
+            init["z_group"] = np.zeros((len(group_levels), n_h))
+    if state_index.size:
+        init["log_initial"] = np.asarray(log_y0)
+    if config.noise == "scale":
+        init["noise_scale"] = np.zeros(len(variables))
+    return TwinModel(model, twin, config, tuple(parameters), held, tuple(batches), tuple(groups), group_levels,
+                     tuple(variables), base_noise, prior_loc, prior_scale, lower, upper, init, y0, forward_mode,
+                     data, encoded)
+
+
+def _predict(kinetics, settings: SolverSettings, per_batch_params, encoded: EncodedBatch, variables: Sequence[str]):
+    """(prediction (variable, batch, time, phase), status per batch) with parameters of leading axis batch."""
+    pre, post, status, _ = _solve_batches(kinetics, settings, per_batch_params, encoded, True)
+    states = jnp.stack([pre, post], axis=2)  # (batch, time, phase, state)
+    observed = _observe(kinetics, per_batch_params, states, True)
+    return jnp.stack([observed[v] for v in variables]), status
+
+
+def batch_log_parameters(twin_model: TwinModel, sample: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    """Per-batch log values (batch,) of the sampled parameters for one draw (used by tests and predictive code)."""
+    out = {}
+    n_batch = len(twin_model.batches)
+    for name in twin_model.parameters:
+        out[name] = jnp.broadcast_to(sample[f"log_{name}"], (n_batch,))
+    for j, name in enumerate(twin_model.config.hierarchical):
+        effect = sample["tau_batch"][j] * sample["z_batch"][:, j]
+        if "z_group" in sample:
+            gi = jnp.asarray([twin_model.group_levels.index(g) for g in twin_model.groups])
+            effect = effect + sample["tau_group"][j] * sample["z_group"][gi, j]
+        out[name] = out[name] + effect
+    return out

@@ -1,0 +1,64 @@
+"""cgt-twin sample / predict / report with a posterior: a new artifact, the input untouched, bands from the
+posterior unless --no-posterior."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pandas as pd
+from test_bayes_toy import NOISE, GrowthDeath, growth_campaign
+from typer.testing import CliRunner
+
+from cgt_twin.cli import app
+from cgt_twin.data import write_campaign
+from cgt_twin.io import load_posterior, read_provenance, save_twin, verify_provenance
+from cgt_twin.models import Twin
+
+runner = CliRunner()
+
+
+def _digest(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_sample_writes_new_artifact(tmp_path):
+    campaign = growth_campaign({"A": {"mu_max": 0.028}, "B": {"mu_max": 0.033}}, seed=2)
+    folder = write_campaign(campaign, tmp_path / "campaign")
+    twin_dir = save_twin(Twin(GrowthDeath(), {}, NOISE), tmp_path / "twin")
+    before = _digest(twin_dir)
+    config = tmp_path / "bayes.toml"
+    config.write_text('method = "laplace"\n[model]\nparameters = ["mu_max", "k_d"]\n'
+                      '[model.solver]\nmax_steps = 64\nrtol = 1e-5\natol = 1e-7\n[sampler]\nchains = 1\ndraws = 300\n')
+    out = tmp_path / "sampled"
+    result = runner.invoke(app, ["sample", str(twin_dir), str(folder), "--config", str(config), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "sampled" in result.output and "held at the twin's values" in result.output
+    assert _digest(twin_dir) == before  # the input artifact is untouched
+    posterior = load_posterior(out)
+    assert posterior.method == "laplace" and posterior.parameters == ("mu_max", "k_d")
+    verify_provenance(out)
+    record = read_provenance(out)[-1]
+    assert record["command"].startswith("sample") and record["details"]["input_content_hash"].startswith("sha256:")
+
+    table_file = tmp_path / "p.csv"
+    result = runner.invoke(app, ["predict", str(out), str(folder), "--out", str(table_file)])
+    assert result.exit_code == 0, result.output
+    assert "posterior predictive" in result.output
+    with_posterior = pd.read_csv(table_file)
+    result = runner.invoke(app, ["predict", str(out), str(folder), "--out", str(tmp_path / "q.csv"),
+                                 "--no-posterior"])
+    assert result.exit_code == 0, result.output
+    point = pd.read_csv(tmp_path / "q.csv")
+    assert list(with_posterior.columns) == list(point.columns)
+    assert not (with_posterior["q95"].to_numpy() == point["q95"].to_numpy()).all()
+
+    result = runner.invoke(app, ["sample", str(twin_dir), str(folder), "--config", str(config), "--out", str(out)])
+    assert result.exit_code == 2  # exists
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[model]\nhierarchical = ["mu_max"]\nparameters = ["k_d"]\n')
+    result = runner.invoke(app, ["sample", str(twin_dir), str(folder), "--config", str(bad), "--out",
+                                 str(tmp_path / "x")])
+    assert result.exit_code == 2 and "varies between batches" in result.output
+    assert not (tmp_path / "x").exists()
+    assert json.loads((out / "twin.json").read_text())["posterior_hash"].startswith("sha256:")

@@ -1,0 +1,75 @@
+"""Bad input is rejected before sampling starts, with every problem listed (CampaignValidationError)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from test_bayes_toy import NOISE, GrowthDeath, growth_campaign
+
+from cgt_twin.bayes import BayesConfig, Prior, build_model
+from cgt_twin.bayes.config import read_bayes_config
+from cgt_twin.data.errors import CampaignValidationError
+from cgt_twin.models import Twin
+
+
+@pytest.fixture(scope="module")
+def campaign():
+    return growth_campaign({"A": {}, "B": {}, "C": {}}, covariates={"A": {"donor": "D1"}, "B": {"donor": "D2"}})
+
+
+def _messages(exc) -> str:
+    return " | ".join(p.message for p in exc.value.problems)
+
+
+def test_improper_and_inconsistent_priors(campaign):
+    twin = Twin(GrowthDeath(), {}, NOISE)
+    config = BayesConfig(parameters=("mu_max", "k_d"), priors={"mu_max": Prior(0.03, 0.0),
+                                                                "k_d": Prior(0.005, 0.5, lower=1.0, upper=0.1)},
+                         tau_sigma=-1.0)
+    with pytest.raises(CampaignValidationError) as exc:
+        build_model(twin, campaign, config)
+    text = _messages(exc)
+    assert "improper prior" in text and "inconsistent support" in text and "tau_sigma" in text
+    with pytest.raises(CampaignValidationError, match="cannot build"):
+        build_model(twin, campaign, BayesConfig(parameters=("mu_max",), priors={"mu_max": Prior(math.inf, 0.3)}))
+
+
+def test_group_covariate_missing_for_some_batches(campaign):
+    twin = Twin(GrowthDeath(), {}, NOISE)
+    with pytest.raises(CampaignValidationError) as exc:
+        build_model(twin, campaign, BayesConfig(parameters=("mu_max",), hierarchical=("mu_max",), group="donor"))
+    assert "missing for batches ['C']" in _messages(exc)
+    with pytest.raises(CampaignValidationError, match="cannot build") as exc:
+        build_model(twin, campaign, BayesConfig(parameters=("mu_max",), hierarchical=("mu_max",), group="clone"))
+    assert "unknown batch covariate 'clone'" in _messages(exc)
+
+
+def test_twin_values_outside_prior_support(campaign):
+    twin = Twin(GrowthDeath(), {"mu_max": 0.5}, NOISE)  # within the spec's bounds, outside this prior's support
+    config = BayesConfig(parameters=("mu_max",), priors={"mu_max": Prior(0.03, 0.3, lower=0.01, upper=0.1)})
+    with pytest.raises(CampaignValidationError) as exc:
+        build_model(twin, campaign, config)
+    assert "outside the prior support" in _messages(exc)
+
+
+def test_unknown_names(campaign):
+    twin = Twin(GrowthDeath(), {}, NOISE)
+    with pytest.raises(CampaignValidationError) as exc:
+        build_model(twin, campaign, BayesConfig(parameters=("mu_max", "nope"), hierarchical=("k_d",),
+                                                variables=("titer",)))
+    text = _messages(exc)
+    assert "unknown parameter 'nope'" in text and "'k_d' varies between batches" in text and "titer" in text
+
+
+def test_config_file_errors(tmp_path):
+    path = tmp_path / "bayes.toml"
+    path.write_text('method = "nuts"\n[model]\nparameter = ["mu_max"]\n[sampler]\nchain = 4\n')
+    with pytest.raises(CampaignValidationError) as exc:
+        read_bayes_config(path)
+    assert "'parameter'" in _messages(exc) and "'chain'" in _messages(exc)
+    path.write_text('method = "laplace"\n[model]\nparameters = ["mu_max"]\n[model.priors.mu_max]\nmedian = 0.03\n'
+                    'sigma = 0.2\n[sampler]\nchains = 2\n')
+    settings = read_bayes_config(path, seed=3)
+    assert settings.method == "laplace" and settings.model.parameters == ("mu_max",)
+    assert settings.model.priors["mu_max"].sigma == 0.2 and settings.sampler.seed == 3
