@@ -110,6 +110,12 @@ def test_inner_selection_prefers_the_recipe_that_predicts_better(noise_free):
     assert selection.scores["free"] < 0.5 * selection.scores["pinned"]
     assert set(selection.table["candidate"]) == {"free", "pinned"}
     assert np.isfinite(list(selection.scores.values())).all()
+    # listed simplest first: a clearly better later candidate still wins; among equals the first (simplest) wins
+    reordered = select_hyperparameters(Twin(CHOFedBatch()), training, {"pinned": candidates["pinned"],
+                                                                       "free": candidates["free"]}, folds)
+    assert reordered.best == "free"
+    ties = select_hyperparameters(Twin(CHOFedBatch()), training, {"simple": _recipe(), "same": _recipe()}, folds)
+    assert ties.scores["simple"] == pytest.approx(ties.scores["same"]) and ties.best == "simple"
 
 
 def test_selection_rejects_outer_test_batches(noise_free):

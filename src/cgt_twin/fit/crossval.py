@@ -221,7 +221,7 @@ class Selection:
     """The outcome of an inner cross-validation.
 
     Attributes:
-        best: name of the chosen candidate.
+        best: name of the chosen candidate (the simplest within the tolerance of the lowest score).
         config: its calibration settings.
         scores: candidate -> inner-CV score (mean normalised RMSE of the inner held-out batches; lower is better).
         table: the inner metrics of every candidate (column ``candidate``).
@@ -235,8 +235,13 @@ class Selection:
 
 def select_hyperparameters(twin: Twin, campaign: Campaign, candidates: Mapping[str, CalibrationConfig],
                            folds: Sequence[Fold], *, variables: Sequence[str] | None = None,
-                           progress: bool = False) -> Selection:
+                           tolerance: float = 0.05, progress: bool = False) -> Selection:
     """Chooses among calibration recipes by cross-validation on `campaign` (pass the *training* batches only).
+
+    Candidates are listed from the simplest to the most flexible (e.g. no residual, a small network with strong
+    weight decay, a larger one). The choice is the *first* candidate whose score is within `tolerance` (relative) of
+    the best — the spirit of the one-standard-error rule: with a handful of batches, differences of a few percent
+    are noise, and the simpler recipe extrapolates more safely.
 
     The mechanistic stage does not depend on the residual's settings, so candidates that share the mechanistic
     settings share one mechanistic fit per fold (fitted once, reused).
@@ -270,5 +275,10 @@ def select_hyperparameters(twin: Twin, campaign: Campaign, candidates: Mapping[s
                                 calibrate_fold=fold_calibrator(config), progress=progress)
         scores[name] = result.score(variables)
         tables.append(result.metrics.assign(candidate=name))
-    best = min(scores, key=lambda n: (not math.isfinite(scores[n]), scores[n]))
+    finite = [n for n in scores if math.isfinite(scores[n])]
+    if finite:
+        lowest = min(scores[n] for n in finite)
+        best = next(n for n in candidates if n in finite and scores[n] <= (1.0 + tolerance) * lowest)
+    else:
+        best = next(iter(candidates))
     return Selection(best, candidates[best], scores, pd.concat(tables, ignore_index=True))
