@@ -1,4 +1,4 @@
-"""HTML summaries for Jupyter (``_repr_html_``) of campaigns, twins and fit results.
+"""HTML summaries for Jupyter (``_repr_html_``) of campaigns, twins, fit results and posteriors.
 
 Each function returns a small, self-contained ``<div>`` of tables: no scripts, no external styles, every piece of
 text escaped with `html.escape`, so a summary renders the same in Jupyter, VS Code and a static HTML export.
@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["campaign_html", "twin_html", "fit_result_html", "table_html"]
+__all__ = ["campaign_html", "twin_html", "fit_result_html", "posterior_html", "table_html"]
 
 _CELL = "padding:1px 8px;text-align:left"
 
@@ -157,4 +157,116 @@ def fit_result_html(result) -> str:
                                  for v in variables]] for batch in result.metrics]
         parts.append(_details("normalised RMSE (RMSE / data range) per batch",
                               table_html(["batch", *variables], metric_rows)))
+    return "<div>" + "".join(f"<div>{p}</div>" for p in parts) + "</div>"
+
+
+_FAILED = "color:#b00020;font-weight:bold"
+
+
+def _flag(text: str, failed: bool) -> str:
+    """Escaped `text`, in bold red when `failed`."""
+    return f'<span style="{_FAILED}">{_esc(text)}</span>' if failed else _esc(text)
+
+
+def _diagnostic_rows(posterior) -> list[list[str]]:
+    """(diagnostic, value, threshold, status) rows, already HTML: a missed threshold in bold red."""
+    from .bayes.posterior import THRESHOLDS
+
+    d, t = posterior.diagnostics, THRESHOLDS
+    rows: list[list[str]] = []
+
+    def row(name: str, value: Any, threshold: str, ok: bool | None) -> None:
+        status = "—" if ok is None else ("ok" if ok else "failed")
+        rows.append([_esc(name), _flag(_number(value, 4) if value is not None else "—", ok is False),
+                     _esc(threshold), _flag(status, ok is False)])
+
+    if "solver_failures" in d:
+        row("draws with a failed solve", d["solver_failures"], "0", d["solver_failures"] == 0)
+    if posterior.method != "nuts":
+        return rows
+    n_min = t["ess_per_chain_min"] * posterior.n_chains
+    r_hat = d.get("r_hat_max")
+    row("split R-hat (max)", r_hat, f"≤ {t['r_hat_max']}",
+        None if posterior.n_chains < 2 or r_hat is None else r_hat <= t["r_hat_max"])
+    for kind in ("bulk", "tail"):
+        value = d.get(f"ess_{kind}_min")
+        row(f"{kind} ESS (min)", value, f"≥ {n_min:.0f} ({t['ess_per_chain_min']:.0f} per chain)",
+            None if value is None else value >= n_min)
+    row("divergent transitions", d.get("divergences"), f"≤ {t['divergences_max']}",
+        d.get("divergences", 0) <= t["divergences_max"])
+    e_bfmi = d.get("e_bfmi") or []
+    e_min = min((v for v in e_bfmi if v is not None), default=None)
+    row("E-BFMI (min over chains)", e_min, f"≥ {t['e_bfmi_min']}", None if e_min is None else e_min >= t["e_bfmi_min"])
+    saturation = d.get("tree_depth_saturation")
+    row("iterations at the maximum tree depth [%]", None if saturation is None else 100 * saturation,
+        f"≤ {100 * t['tree_depth_saturation_max']:g}",
+        None if saturation is None else saturation <= t["tree_depth_saturation_max"])
+    return rows
+
+
+def _summary_rows(posterior) -> tuple[list[str], list[list[str]]]:
+    """Header and rows (HTML) of `Posterior.summary`: mean, sd, HDI, R-hat, bulk / tail ESS (— where not computed,
+    e.g. Laplace); R-hat and ESS past their thresholds in bold red."""
+    from .bayes.posterior import THRESHOLDS
+
+    table = posterior.summary()
+    hdi = [c for c in table.columns if str(c).startswith("hdi_")]
+    columns = ["mean", "sd", *hdi, "r_hat", "ess_bulk", "ess_tail"]
+    n_min = THRESHOLDS["ess_per_chain_min"] * posterior.n_chains
+    rows = []
+    for name, values in table.iterrows():
+        cells = [_esc(name)]
+        for column in columns:
+            value = values.get(column)
+            if value is None or not np.isfinite(value):
+                cells.append("—")
+                continue
+            failed = ((column == "r_hat" and posterior.n_chains > 1 and value > THRESHOLDS["r_hat_max"])
+                      or (column.startswith("ess_") and value < n_min))
+            cells.append(_flag(_number(value, 4), failed))
+        rows.append(cells)
+    return ["quantity", *[c.replace("_", " ") for c in columns]], rows
+
+
+def posterior_html(posterior) -> str:
+    """Summary of a `cgt_twin.bayes.Posterior`: method, chains × draws, what was sampled (with units) and what was held
+    fixed, the `Posterior.summary` table (mean, sd, HDI, R-hat, bulk / tail ESS; spec units) and the diagnostics
+    against `cgt_twin.bayes.THRESHOLDS`, every failed check in bold red."""
+    meta = posterior.meta
+    ok = posterior.check()
+    status = "all diagnostics met their thresholds" if ok else f"{len(posterior.problems)} diagnostic(s) failed"
+    seconds = meta.get("seconds")
+    timing = f", {seconds:.1f} s" if isinstance(seconds, int | float) and math.isfinite(seconds) else ""
+    head = (f"<b>Posterior</b> by {_esc(posterior.method)} — {posterior.n_chains} chain(s) × {posterior.n_draws} "
+            f"draws{_esc(timing)}, " + _flag(status, not ok))
+    units = meta.get("units", {})
+    sampled = ", ".join(f"{p} [{units.get(p, '')}]" for p in posterior.parameters)
+    lines = [f"sampled: {sampled or 'none'}"]
+    if meta.get("hierarchical"):
+        group = f", group effects by {meta['group']}" if meta.get("group") else ""
+        lines.append(f"batch effects on {', '.join(meta['hierarchical'])}{group}")
+    if "noise_scale" in posterior.samples:
+        lines.append(f"noise scale of {', '.join(meta.get('variables', []))}")
+    if meta.get("initial_states") and "log_initial" in posterior.samples:
+        lines.append(f"initial states {', '.join(meta['initial_states'])} per batch")
+    held = posterior.held
+    lines.append("held fixed: " + (", ".join(f"{k} = {_number(v)} {units.get(k, '')}".rstrip()
+                                              for k, v in held.items()) or "nothing"))
+    lines.append(f"{len(meta.get('batches', []))} batches")
+    parts = [head, "<br>".join(_esc(line) for line in lines)]
+    if meta.get("description"):
+        parts.append(f"<small>{_esc(meta['description'])}</small>")
+    header, rows = _summary_rows(posterior)
+    parts.append(_details(f"summary ({len(rows)} quantities, spec units)", table_html(header, rows, raw=True),
+                          open_=True))
+    diagnostics = _diagnostic_rows(posterior)
+    if diagnostics:
+        parts.append(_details("diagnostics and thresholds", table_html(
+            ["diagnostic", "value", "threshold", "status"], diagnostics, raw=True), open_=True))
+    note = posterior.diagnostics.get("note")
+    if note:
+        parts.append(_esc(note))
+    if posterior.problems:
+        parts.append(f'<b style="{_FAILED}">problems</b><ul>'
+                     + "".join(f'<li style="{_FAILED}">{_esc(p)}</li>' for p in posterior.problems) + "</ul>")
     return "<div>" + "".join(f"<div>{p}</div>" for p in parts) + "</div>"

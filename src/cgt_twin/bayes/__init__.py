@@ -13,9 +13,11 @@ bands = cgt_twin.predict.predict(fit.twin, campaign, posterior=posterior)
 
 from .inference import NutsConfig, laplace, potential, sample, sample_nuts, select_identifiable
 from .model import NUMERICAL_PARAMETERS, BayesConfig, Prior, TwinModel, build_model
+from .plots import plot_pairs, plot_predictive_bands, plot_trace
 from .posterior import POSTERIOR_FILES, THRESHOLDS, Posterior, PosteriorWarning
 from .predictive import BANDS, batch_parameter_draws, predictive_bands, predictive_draws
 
 __all__ = ["BANDS", "NUMERICAL_PARAMETERS", "POSTERIOR_FILES", "THRESHOLDS", "BayesConfig", "NutsConfig", "Posterior",
-           "PosteriorWarning", "Prior", "TwinModel", "batch_parameter_draws", "build_model", "laplace", "potential",
-           "predictive_bands", "predictive_draws", "sample", "sample_nuts", "select_identifiable"]
+           "PosteriorWarning", "Prior", "TwinModel", "batch_parameter_draws", "build_model", "laplace", "plot_pairs",
+           "plot_predictive_bands", "plot_trace", "potential", "predictive_bands", "predictive_draws", "sample",
+           "sample_nuts", "select_identifiable"]

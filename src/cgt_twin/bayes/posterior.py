@@ -250,6 +250,11 @@ class Posterior:
         return (f"Posterior({self.method}, {self.n_chains}×{self.n_draws} draws, sampled {list(self.parameters)}, "
                 f"{'ok' if not self.problems else 'diagnostics failed'})")
 
+    def _repr_html_(self) -> str:
+        from .._html import posterior_html
+
+        return posterior_html(self)
+
     # --- storage -----------------------------------------------------------------------------------------------
     def _array_bytes(self) -> bytes:
         buffer = _io.BytesIO()
