@@ -95,9 +95,9 @@ def import_(format: Annotated[str, typer.Argument(help="source format: cdppy | h
             out_dir: Annotated[Path, typer.Option("--out", help="campaign folder to write")],
             overwrite: Annotated[bool, typer.Option(help="replace an existing output folder")] = False) -> None:
     """Import a real data format into a campaign folder (checked before anything is written)."""
+    from .data.build import campaign_from_tables
     from .data.folder import write_tables
     from .data.importers import IMPORTERS, import_tables
-    from .data.build import campaign_from_tables
 
     def body():
         if format not in IMPORTERS:
@@ -158,7 +158,8 @@ def simulate(folder: Annotated[Path, typer.Argument(help="campaign folder")],
         from .models.parameters import read_parameter_file
         from .models.registry import make_kinetics
         from .models.twin import Twin
-        from .simulate import simulate as run, trajectory_to_long
+        from .simulate import simulate as run
+        from .simulate import trajectory_to_long
 
         if out_file.exists() and not overwrite:
             raise FileExistsError(f"{out_file} exists; pass --overwrite to replace it")
@@ -256,7 +257,8 @@ def predict(twin_dir: Annotated[Path, typer.Argument(help="twin artifact folder"
     def body():
         from .data.folder import read_campaign
         from .io import append_provenance, campaign_hash, load_posterior, load_twin
-        from .predict import predict as run, prediction_to_long
+        from .predict import predict as run
+        from .predict import prediction_to_long
 
         if out_file.exists() and not overwrite:
             raise FileExistsError(f"{out_file} exists; pass --overwrite to replace it")
