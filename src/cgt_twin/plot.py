@@ -91,13 +91,20 @@ def plot_campaign(campaign: Campaign, variables: Sequence[str] | None = None, ba
         ax.set_ylabel("fraction" if unit == "1" else unit)
         ax.set_xlabel(f"time [{time_unit}]")
         ax.grid(alpha=0.3)
-    for k in range(len(variables), rows * columns):
+    finish_grid(fig, axes, len(variables))
+    fig.suptitle(f"{len(batches)} batches — {os.path.basename(campaign.source.rstrip('/')) or campaign.source}")
+    return fig
+
+
+def finish_grid(fig: Figure, axes, used: int, legend_title: str = "batch") -> None:
+    """Hides the panels of a rows × columns grid beyond the first `used`, and puts the first panel's legend entries
+    (one per batch) beside the figure."""
+    rows, columns = len(axes), len(axes[0])
+    for k in range(used, rows * columns):
         axes[k // columns][k % columns].set_visible(False)
     handles, labels = axes[0][0].get_legend_handles_labels()
     if handles:
-        fig.legend(handles, labels, loc="outside right upper", title="batch", fontsize="small")
-    fig.suptitle(f"{len(batches)} batches — {os.path.basename(campaign.source.rstrip('/')) or campaign.source}")
-    return fig
+        fig.legend(handles, labels, loc="outside right upper", fontsize="small", title=legend_title)
 
 
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 130) -> None:

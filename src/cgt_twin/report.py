@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 
 from .data.campaign import Campaign
 from .data.protocol import EventKind, Protocol
-from .plot import save_figure
+from .plot import finish_grid, save_figure
 
 __all__ = ["metrics", "plot_prediction", "plot_parity", "plot_residuals", "plot_feed_plan", "write_report"]
 
@@ -34,7 +34,7 @@ def _pairs(campaign: Campaign, prediction: xr.Dataset, variable: str, batch: str
     flags = campaign.censored[variable].sel(batch=batch)
     mean = prediction[variable].sel(statistic="mean", batch=batch)
     times, measured, predicted = [], [], []
-    for p, phase in enumerate(("pre", "post")):
+    for phase in ("pre", "post"):
         values = data.sel(phase=phase).values  # (time, replicate)
         ok = np.isfinite(values) & (flags.sel(phase=phase).values == 0)
         pred = mean.sel(phase=phase).reindex(time=data["time"].values).values
@@ -133,11 +133,7 @@ def plot_parity(campaign: Campaign, prediction: xr.Dataset, variables: Sequence[
         ax.set_xlabel(f"measured [{campaign.unit(variable)}]")
         ax.set_ylabel("predicted")
         ax.grid(alpha=0.3)
-    for k in range(len(names), rows * columns):
-        axes[k // columns][k % columns].set_visible(False)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="outside right upper", fontsize="small", title="batch")
+    finish_grid(fig, axes, len(names))
     return fig
 
 
@@ -205,11 +201,7 @@ def plot_residuals(campaign: Campaign, prediction: xr.Dataset, variables: Sequen
         if k // columns == rows - 1 or k + columns >= len(names):
             ax.set_xlabel(f"time [{time_unit}]")
         ax.grid(alpha=0.3)
-    for k in range(len(names), rows * columns):
-        axes[k // columns][k % columns].set_visible(False)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="outside right upper", fontsize="small", title="batch")
+    finish_grid(fig, axes, len(names))
     return fig
 
 
