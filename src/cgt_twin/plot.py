@@ -96,6 +96,18 @@ def plot_campaign(campaign: Campaign, variables: Sequence[str] | None = None, ba
     return fig
 
 
+def label_panel(ax, row: int, column: int, n_rows: int, *, batch: str, ylabel: str, time_unit: str) -> None:
+    """Labels one panel of a variables × batches grid: the batch on the top row, the variable (with its unit) in the
+    first column, time on the bottom row, and a light grid."""
+    if row == 0:
+        ax.set_title(batch, fontsize="medium")
+    if column == 0:
+        ax.set_ylabel(ylabel)
+    if row == n_rows - 1:
+        ax.set_xlabel(f"time [{time_unit}]")
+    ax.grid(alpha=0.3)
+
+
 def finish_grid(fig: Figure, axes, used: int, legend_title: str = "batch") -> None:
     """Hides the panels of a rows × columns grid beyond the first `used`, and puts the first panel's legend entries
     (one per batch) beside the figure."""

@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 
 from .data.campaign import Campaign
 from .data.protocol import EventKind, Protocol
-from .plot import finish_grid, save_figure
+from .plot import finish_grid, label_panel, save_figure
 
 __all__ = ["metrics", "plot_prediction", "plot_parity", "plot_residuals", "plot_feed_plan", "write_report"]
 
@@ -100,13 +100,8 @@ def plot_prediction(campaign: Campaign, prediction: xr.Dataset, variables: Seque
                 ax.plot(times[good], data[good, r], "o", color="k", ms=3, label="data" if r == 0 else None)
                 low = np.isfinite(data[:, r]) & (flags[:, r] != 0)
                 ax.plot(times[low], data[low, r], "v", color="k", ms=4, mfc="none")
-            if i == 0:
-                ax.set_title(batch, fontsize="medium")
-            if j == 0:
-                ax.set_ylabel(f"{variable}\n[{campaign.unit(variable)}]")
-            if i == len(names) - 1:
-                ax.set_xlabel(f"time [{time_unit}]")
-            ax.grid(alpha=0.3)
+            label_panel(ax, i, j, len(names), batch=batch, ylabel=f"{variable}\n[{campaign.unit(variable)}]",
+                        time_unit=time_unit)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside upper right", fontsize="small")
     return fig

@@ -16,6 +16,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from ..data.campaign import Campaign
+from ..plot import label_panel
 from .posterior import Posterior
 
 __all__ = ["plot_predictive_bands", "plot_trace", "plot_pairs"]
@@ -123,13 +124,8 @@ def plot_predictive_bands(campaign: Campaign, prediction: xr.Dataset, variables:
                            label=_band_label(parameter, "parameter"), mean=True)
             if batch in campaign.batches:
                 _draw_data(ax, campaign, variable, batch, scale)
-            if i == 0:
-                ax.set_title(batch, fontsize="medium")
-            if j == 0:
-                ax.set_ylabel(f"{variable}\n[{_units(campaign, variable)}]")
-            if i == len(names) - 1:
-                ax.set_xlabel(f"time [{time_unit}]")
-            ax.grid(alpha=0.3)
+            label_panel(ax, i, j, len(names), batch=batch, ylabel=f"{variable}\n[{_units(campaign, variable)}]",
+                        time_unit=time_unit)
     handles = {}
     for ax in axes.flat:  # the union of every panel's entries (a panel may lack data or censored values)
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
