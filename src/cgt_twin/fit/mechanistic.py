@@ -259,7 +259,7 @@ def _update_noise(prediction: np.ndarray, data: ObservationData, floors: np.ndar
             continue
         args = (predicted, values[i][mask[i]], censored[i][mask[i]], float(floors[i]))
         result = optimize.minimize(_noise_nll, out[i], args=args, method="L-BFGS-B",
-                                   bounds=[(math.log(floors[i]) - 10, math.log(100 * floors[i] * 1e3)),
+                                   bounds=[(math.log(floors[i]) - 10, math.log(1e5 * floors[i])),  # σ_abs up to 100 × scale
                                            (-12.0, 1.0)])
         if np.isfinite(result.fun):
             out[i] = result.x
@@ -370,8 +370,8 @@ def fit_mechanistic(twin: Twin, campaign: Campaign, config: FitConfig | None = N
     prediction, _ = programs.predict(best_z, args)
     metrics = _metrics(np.asarray(prediction), data, batches)
     args["sd"] = sd_of(best_noise, np.asarray(prediction))
-    standard_errors, correlations, weak = _fisher(np.asarray(programs.jacobian(best_z, args)["params"]),
-                                                  np.asarray(programs.jacobian(best_z, args)["initial"]),
+    jacobian = programs.jacobian(best_z, args)  # one forward-mode Jacobian serves both blocks
+    standard_errors, correlations, weak = _fisher(np.asarray(jacobian["params"]), np.asarray(jacobian["initial"]),
                                                   parameters, prior_sd)
     if skipped:
         status += f"; not simulated: {skipped}"
