@@ -1,0 +1,10 @@
+"""Control: the twin inside a control loop — online state estimation (`Predictor`) and model-predictive feeding.
+
+`Predictor` assimilates at-line measurements of a running batch (a particle filter over states and posterior
+parameter draws) and forecasts with bands; the MPC controller chooses the next feeds against the predictor's
+particles with chance constraints (DESIGN.md: estimator and controller share the one `Twin`).
+"""
+
+from .predictor import Predictor, PredictorSettings, Rejection, UpdateReport
+
+__all__ = ["Predictor", "PredictorSettings", "Rejection", "UpdateReport"]

@@ -1,0 +1,595 @@
+"""Model-predictive feeding: bolus volumes over a receding (shrinking) horizon, chosen against posterior draws.
+
+```python
+controller = FeedingController(twin, MPCConfig(medium="feed", bolus_max_l=0.08, glucose_min=2.0, probability=0.95))
+plan = controller.step(predictor)        # the predictor's particles are the draws; plan.events = the next boluses
+plan.write_csv("plan.csv")               # events.csv format
+```
+
+The decision variables are the volumes of the bolus feeds at the planned decision times (default: daily) from now to
+the end of the batch. The objective is configuration: a weighted sum of the final titre (mg/L), the harvested product
+(titre × volume, mg), the viable-cell yield (vcd × volume, 1e9 cells) and glucose-band tracking (−mean squared distance
+of glucose from a band, mM²), minus a feed cost per litre. Constraints — vessel volume, bolus bounds, glucose
+minimum/maximum, lactate and ammonia limits — are *chance constraints* over the draws: "glucose ≥ 2 mM in 95 % of
+draws" means the draws' 5 % quantile stays above 2 mM at every check time (each row end: before every bolus and every
+`check_every_h`). They enter the optimiser as squared-hinge penalties on that quantile; the bolus bounds are box
+constraints and the volume limit is also enforced exactly by projection, so a returned plan never overfills.
+
+Each call is a *real-time iteration*: L-BFGS-B (SciPy) warm-started from the previous plan, with a bounded number of
+objective-and-gradient evaluations (reverse mode through the solver) and a time budget, so the plan improves call by
+call within the loop's latency. If the optimiser fails, produces non-finite values or runs out of time before it has a
+usable plan, the controller returns a safe fallback (the previous plan, else the configured default boluses), always
+clipped to the bounds and the volume limit, with a status saying why. No returned volume is ever negative, NaN or out
+of bounds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time as _time
+from collections.abc import Mapping
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import scipy.optimize
+
+from ..data.campaign import protocol_tables
+from ..data.errors import CampaignValidationError, Problem
+from ..data.protocol import Event, EventKind, Protocol
+from ..models.balance import EventCode
+from ..models.twin import Twin
+from ..simulate import SolverSettings
+from .filter import observe_particles, systematic_resample
+from .propagate import Segments, event_rows, inputs_at, padded_count, propagate, segments
+
+__all__ = ["MPCConfig", "FeedingController", "Plan", "OBJECTIVE_TERMS"]
+
+OBJECTIVE_TERMS = {
+    "titer": "final titre, mg/L (mean over draws)",
+    "product": "harvested product, final titre × volume, mg",
+    "viable_cells": "viable-cell yield, final vcd × volume, 1e9 cells",
+    "glucose_band": "−mean squared distance of glucose from `glucose_band` over the check times, mM²",
+}
+_LIMITS = (("glucose", "glucose_min", "lower"), ("glucose", "glucose_max", "upper"),
+           ("lactate", "lactate_max", "upper"), ("ammonia", "ammonia_max", "upper"))
+
+
+@dataclasses.dataclass(frozen=True)
+class MPCConfig:
+    """What the controller decides, wants and must respect (canonical units: h, L, mM, mg/L).
+
+    Attributes:
+        medium: the feed medium given as boluses (a medium of the running protocol).
+        decision_times_h: bolus decision times; default every `decision_every_h` from `decision_every_h` to before
+            the end.
+        decision_every_h: spacing of the default decision times, h.
+        end_h: end of the batch (harvest), h; default the protocol's harvest.
+        bolus_min_l, bolus_max_l: bounds of each bolus, L.
+        max_volume_l: vessel working-volume limit, L; default the protocol's.
+        objective: term -> weight (`OBJECTIVE_TERMS`).
+        feed_cost: subtracted per litre of feed, in the objective's units.
+        glucose_band: (low, high) mM, for the ``glucose_band`` term.
+        glucose_min, glucose_max, lactate_max, ammonia_max: limits (mM; None = none).
+        probability: the chance constraints hold in at least this fraction of draws.
+        n_draws: draws (particles of the predictor) the plan is optimised over; 1 = nominal MPC (the mean state and
+            the twin's point parameters).
+        check_every_h: spacing of extra constraint checks, h. None (default) checks before every decision and at the
+            end only: between boluses glucose falls and lactate and ammonia rise monotonically in a fed-batch, so those
+            are the extremes, and every extra check is a solver segment (a cost in every evaluation).
+        penalty: weight of the squared relative constraint violation against the (normalised) objective.
+        max_evaluations: objective-and-gradient evaluations per call (the real-time iteration's bound).
+        tolerance: a call that changes no volume by more than 10× this (relative to `bolus_max_l`) and improves the
+            (normalised, penalised) objective by less than this relative amount reports ``"converged"``.
+        time_budget_s: wall-time budget of one call, s.
+        fallback_bolus_l: the default bolus (L) at every decision when there is no previous plan to fall back to.
+        seed: draw selection.
+        solver: ODE settings (looser than simulation's, as for the predictor).
+    """
+
+    medium: str = "feed"
+    decision_times_h: tuple[float, ...] | None = None
+    decision_every_h: float = 24.0
+    end_h: float | None = None
+    bolus_min_l: float = 0.0
+    bolus_max_l: float = 0.1
+    max_volume_l: float | None = None
+    objective: Mapping[str, float] = dataclasses.field(default_factory=lambda: {"titer": 1.0})
+    feed_cost: float = 0.0
+    glucose_band: tuple[float, float] = (2.0, 10.0)
+    glucose_min: float | None = 2.0
+    glucose_max: float | None = None
+    lactate_max: float | None = None
+    ammonia_max: float | None = None
+    probability: float = 0.95
+    n_draws: int = 64
+    check_every_h: float | None = None
+    penalty: float = 100.0
+    max_evaluations: int = 6
+    tolerance: float = 1e-4
+    time_budget_s: float = 0.2
+    fallback_bolus_l: float = 0.0
+    seed: int = 0
+    solver: SolverSettings = SolverSettings(rtol=1e-4, atol=1e-6)
+
+    def check(self) -> None:
+        """Raises `CampaignValidationError` listing every inconsistent setting."""
+        problems = []
+        unknown = sorted(set(self.objective) - set(OBJECTIVE_TERMS))
+        if unknown:
+            problems.append(f"unknown objective terms {unknown}; choose from {sorted(OBJECTIVE_TERMS)}")
+        if not self.objective or not all(math.isfinite(w) for w in self.objective.values()):
+            problems.append("objective needs at least one term with a finite weight")
+        if not (0 <= self.bolus_min_l <= self.bolus_max_l) or not math.isfinite(self.bolus_max_l):
+            problems.append(f"need 0 <= bolus_min_l <= bolus_max_l < inf, got {self.bolus_min_l}, "
+                            f"{self.bolus_max_l}")
+        if not self.bolus_min_l <= self.fallback_bolus_l <= self.bolus_max_l:
+            problems.append("fallback_bolus_l must lie within the bolus bounds")
+        if not 0.5 <= self.probability < 1:
+            problems.append(f"probability must be in [0.5, 1), got {self.probability}")
+        if self.n_draws < 1 or self.max_evaluations < 1 or self.time_budget_s <= 0:
+            problems.append("n_draws and max_evaluations must be >= 1 and time_budget_s > 0")
+        if not self.decision_every_h > 0 or (self.check_every_h is not None and not self.check_every_h > 0):
+            problems.append("decision_every_h and check_every_h must be positive")
+        if not 0 < self.tolerance < 1:
+            problems.append("tolerance must be in (0, 1)")
+        if self.glucose_band[0] >= self.glucose_band[1]:
+            problems.append(f"glucose_band must be (low, high) with low < high, got {self.glucose_band}")
+        if (self.glucose_min is not None and self.glucose_max is not None
+                and self.glucose_min >= self.glucose_max):
+            problems.append("glucose_min must be below glucose_max")
+        for name in ("glucose_min", "glucose_max", "lactate_max", "ammonia_max", "max_volume_l", "feed_cost"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                problems.append(f"{name} must be finite and >= 0, got {value}")
+        if self.decision_times_h is not None and any(not (math.isfinite(t) and t >= 0)
+                                                     for t in self.decision_times_h):
+            problems.append("decision_times_h must be finite and >= 0")
+        if problems:
+            raise CampaignValidationError(*[Problem("mpc config", p) for p in problems])
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike) -> MPCConfig:
+        """Reads an ``[mpc]`` table (or a flat file) of these fields from a TOML file."""
+        import tomllib
+
+        try:
+            document = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise CampaignValidationError(Problem(str(path), f"unreadable MPC config ({exc})")) from None
+        table = document.get("mpc", document)
+        known = {f.name for f in dataclasses.fields(cls)} - {"solver"}
+        unknown = sorted(set(table) - known)
+        if unknown:
+            raise CampaignValidationError(Problem(str(path), f"unknown MPC settings {unknown}; known: "
+                                                             f"{', '.join(sorted(known))}"))
+        values = dict(table)
+        for name in ("decision_times_h", "glucose_band"):
+            if name in values:
+                values[name] = tuple(float(v) for v in values[name])
+        try:
+            config = cls(**values)
+        except TypeError as exc:
+            raise CampaignValidationError(Problem(str(path), str(exc))) from None
+        config.check()
+        return config
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """One controller call's result.
+
+    Attributes:
+        time_h: when the plan was made, h.
+        decision_times_h: the future decision times, h; `volumes_l` the bolus volume at each, L.
+        medium: the medium fed.
+        status: ``"converged"``, ``"improving"`` (the call's evaluation or time budget ended first: call again),
+            or ``"fallback: <why>"``.
+        objective: the plan's objective value (configured units; NaN for an unevaluated fallback).
+        constraint_probability: constraint -> fraction of draws meeting it at every check time.
+        evaluations: objective-and-gradient evaluations in this call; `seconds` its wall time.
+        prediction: name -> (3, time) mean, lower and upper quantile of vcd, glucose, lactate, ammonia, titer and
+            volume under this plan, at `prediction_times_h` (for plots).
+    """
+
+    time_h: float
+    decision_times_h: tuple[float, ...]
+    volumes_l: tuple[float, ...]
+    medium: str
+    status: str
+    objective: float
+    constraint_probability: Mapping[str, float]
+    evaluations: int
+    seconds: float
+    prediction_times_h: tuple[float, ...] = ()
+    prediction: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+    @property
+    def is_fallback(self) -> bool:
+        return self.status.startswith("fallback")
+
+    @property
+    def events(self) -> tuple[Event, ...]:
+        """The planned boluses as events (volumes > 0)."""
+        return tuple(Event(t, EventKind.BOLUS, v, "L", medium=self.medium, note=f"mpc plan at {self.time_h:g} h")
+                     for t, v in zip(self.decision_times_h, self.volumes_l, strict=True) if v > 0)
+
+    @property
+    def next_bolus_l(self) -> float:
+        """The volume to give at the first decision time (0 when there is none left)."""
+        return float(self.volumes_l[0]) if self.volumes_l else 0.0
+
+    def to_events(self, batch: str = "running") -> pd.DataFrame:
+        """The plan in the ``events.csv`` format of a campaign folder."""
+        events, _ = protocol_tables({batch: Protocol(1.0, self.events)}, {})
+        return events
+
+    def write_csv(self, path: str | os.PathLike, batch: str = "running") -> Path:
+        """Writes `to_events` to `path` (CSV)."""
+        path = Path(path)
+        self.to_events(batch).to_csv(path, index=False)
+        return path
+
+    def __str__(self) -> str:
+        volumes = ", ".join(f"{t:g} h: {v * 1000:.1f} mL" for t, v in zip(self.decision_times_h, self.volumes_l,
+                                                                           strict=True))
+        chances = ", ".join(f"{k} {v:.0%}" for k, v in self.constraint_probability.items())
+        return (f"Plan at {self.time_h:g} h [{self.status}], objective {self.objective:.4g}, "
+                f"{self.evaluations} evaluations in {self.seconds * 1000:.0f} ms\n  boluses: {volumes or 'none'}\n"
+                f"  constraints met in: {chances or 'no constraints'}")
+
+
+class _Stop(Exception):
+    """The call's evaluation or time budget is spent."""
+
+
+class FeedingController:
+    """Chooses bolus feeds by MPC (see the module docstring). One controller serves one running batch.
+
+    Args:
+        twin: the twin (hybrid or not).
+        config: `MPCConfig`.
+    """
+
+    def __init__(self, twin: Twin, config: MPCConfig | None = None):
+        self.twin = twin
+        self.config = config or MPCConfig()
+        self.config.check()
+        kinetics = twin.kinetics
+        probe = kinetics.observe(kinetics.layout.unpack(jnp.ones(kinetics.layout.size)), twin.params)
+        needed = {"titer", "vcd", "volume", "glucose"} if any(
+            k in self.config.objective for k in ("titer", "product", "viable_cells", "glucose_band")) else set()
+        needed |= {var for var, field, _ in _LIMITS if getattr(self.config, field) is not None}
+        missing = sorted(v for v in needed if v not in probe)
+        relevant_missing = [v for v in missing if v != "titer" or {"titer", "product"} & set(self.config.objective)]
+        if relevant_missing:
+            raise CampaignValidationError(Problem("mpc config", f"the model does not predict {relevant_missing}, "
+                                                                "which the objective or constraints use"))
+        self.variables = tuple(v for v in ("vcd", "glucose", "lactate", "ammonia", "titer", "volume") if v in probe)
+        self._previous: np.ndarray | None = None
+        self._previous_times: tuple[float, ...] = ()
+        self._scale: float | None = None
+        self._n_rows: int | None = None
+
+    def warm_up(self, predictor) -> float:
+        """Compiles the controller's programs for this batch (one full call, then forgotten), so that the loop's
+        calls do not compile. Returns the seconds it took."""
+        started = _time.perf_counter()
+        saved = (self.config, self._previous, self._previous_times, self._scale)
+        self.config = dataclasses.replace(self.config, max_evaluations=1, time_budget_s=1e9)
+        try:
+            self.step(predictor)
+        finally:
+            self.config, self._previous, self._previous_times, self._scale = saved
+        return _time.perf_counter() - started
+
+    # -- inputs of one call --------------------------------------------------------------------------------------------
+    def _decision_times(self, protocol: Protocol) -> tuple[np.ndarray, float]:
+        config = self.config
+        end = config.end_h if config.end_h is not None else protocol.harvest_time
+        if end is None:
+            raise CampaignValidationError(Problem("mpc config", "the batch has no harvest event: set end_h"))
+        if config.decision_times_h is not None:
+            times = np.asarray(sorted(config.decision_times_h), dtype=np.float64)
+        else:
+            times = np.arange(config.decision_every_h, end - 1e-9, config.decision_every_h)
+        return times[times < end], float(end)
+
+    def _draws(self, predictor, n_draws: int):
+        """(states (D, n), params name -> (D,)) drawn from the predictor's weighted particles."""
+        y, params, weights = predictor.particles()
+        if n_draws == 1:  # nominal: the weighted mean state, the twin's point parameters
+            return (np.einsum("p,pn->n", weights, y)[None, :],
+                    {k: np.full(1, float(np.asarray(v))) for k, v in self.twin.params.items()})
+        key = jax.random.PRNGKey(self.config.seed)
+        index = np.asarray(systematic_resample(jax.random.fold_in(key, int(round(predictor.time_h * 3600))),
+                                               jnp.asarray(weights)))
+        pick = index[np.linspace(0, index.size - 1, n_draws).round().astype(int)]
+        return y[pick], {k: v[pick] for k, v in params.items()}
+
+    def step(self, predictor) -> Plan:
+        """Plans from a `cgt_twin.control.Predictor`'s current belief (its particles, time and protocol)."""
+        y, params = self._draws(predictor, self.config.n_draws)
+        return self.plan(predictor.time_h, y, params, predictor.protocol, predictor.current_inputs())
+
+    def plan(self, time_h: float, states: np.ndarray, params: Mapping[str, np.ndarray], protocol: Protocol,
+             inputs=None) -> Plan:
+        """Plans from explicit draws: `states` (draws, state) at `time_h` (pre-event values there) and `params`
+        name -> (draws,); `protocol` is the batch's recorded protocol (its future boluses of the controlled medium
+        are replaced by the plan)."""
+        started = _time.perf_counter()
+        config = self.config
+        kinetics = self.twin.kinetics
+        if config.medium not in protocol.media or not protocol.media[config.medium].is_known:
+            raise CampaignValidationError(Problem("mpc config", f"medium {config.medium!r} is not a medium of the "
+                                                                "running protocol with a known composition"))
+        times, end = self._decision_times(protocol)
+        max_volume = config.max_volume_l if config.max_volume_l is not None else protocol.max_volume
+        future = times[times >= time_h - 1e-9]
+        kept = tuple(e for e in protocol.events if not (e.kind is EventKind.BOLUS and e.medium == config.medium
+                                                          and e.time_h >= time_h - 1e-9))
+        base = dataclasses.replace(protocol, events=kept)
+        rows = event_rows(kinetics, base)
+        if inputs is None:
+            inputs = inputs_at(kinetics, rows, time_h, self.twin.params)
+        conc = np.asarray([protocol.media[config.medium].concentrations.get(s, 0.0) for s in kinetics.species])
+        decision_rows = [(t, EventCode.BOLUS_MEDIUM, 0.0, conc) for t in future]
+        every = config.check_every_h
+        checks = np.arange(time_h + every, end - 1e-9, every) if every else np.zeros(0)
+        all_rows = sorted([*rows, *decision_rows], key=lambda r: (r[0], r[1] == EventCode.BOLUS_MEDIUM))
+        if self._n_rows is None:  # sized once for the whole batch (from t = 0): one compilation per controller
+            full_checks = np.arange(every, end - 1e-9, every) if every else np.zeros(0)
+            self._n_rows = padded_count(2 + len(rows) + len(times) + len(full_checks), 8)
+        needed = 2 + sum(1 for r in all_rows if time_h - 1e-9 <= r[0] < end) + len(checks)
+        if needed > self._n_rows:
+            self._n_rows = padded_count(needed, 8)
+        table = segments(kinetics, all_rows, time_h, end, checks, n_rows=self._n_rows)
+        # one column per decision time of the whole batch (passed ones stay empty): the same shapes on every call
+        matrix = np.zeros((table.t0.size, max(len(times), 1)))
+        active = np.searchsorted(times, future - 1e-9)
+        for k, t in zip(active, future, strict=True):
+            hits = np.nonzero((np.abs(table.t0 - t) < 1e-9) & (table.code == int(EventCode.BOLUS_MEDIUM))
+                              & (table.amount == 0.0) & table.valid)[0]
+            matrix[hits[-1], k] = 1.0
+        volume_now = float(np.median(states[:, -1]))
+        sample_after = [(e.time_h, e.amount) for e in kept if e.kind is EventKind.SAMPLE and e.time_h >= time_h - 1e-9
+                        and np.isfinite(e.amount)]
+        limits = self._limits()
+        problem = _Problem(kinetics, config.solver, self.variables, tuple(config.objective.items()), limits,
+                           config.probability, config.glucose_band, config.feed_cost)
+        dyn = dict(params={k: jnp.asarray(v) for k, v in params.items()}, y=jnp.asarray(states), inputs=inputs,
+                   table=table._replace(valid=jnp.asarray(table.valid)), matrix=jnp.asarray(matrix),
+                   active=active, n_decisions=matrix.shape[1])
+        fallback, why_fallback = self._fallback(future)
+        fallback = self._project(fallback, future, volume_now, sample_after, max_volume)
+        if not len(future):
+            return self._finish(time_h, future, np.zeros(0), "converged", problem, dyn, 0, started, volume_now,
+                                sample_after, max_volume)
+        x0 = self._warm_start(future, fallback)
+        return self._optimise(time_h, future, x0, fallback, why_fallback, problem, dyn, started, volume_now,
+                              sample_after, max_volume)
+
+    def _limits(self) -> tuple[tuple[str, float, str], ...]:
+        return tuple((var, float(getattr(self.config, field)), side) for var, field, side in _LIMITS
+                     if getattr(self.config, field) is not None)
+
+    def _fallback(self, future: np.ndarray) -> tuple[np.ndarray, str]:
+        if self._previous is not None:
+            lookup = dict(zip(self._previous_times, self._previous, strict=True))
+            if all(t in lookup for t in future):
+                return np.asarray([lookup[t] for t in future]), "the previous plan"
+        return np.full(len(future), self.config.fallback_bolus_l), "the default boluses"
+
+    def _warm_start(self, future: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+        return np.clip(fallback, self.config.bolus_min_l, self.config.bolus_max_l)
+
+    def _project(self, volumes: np.ndarray, future: np.ndarray, volume_now: float, samples, max_volume) -> np.ndarray:
+        """Clips to the bolus bounds (non-finite -> the lower bound) and, in time order, to the vessel's headroom."""
+        config = self.config
+        volumes = np.where(np.isfinite(volumes), volumes, config.bolus_min_l)
+        volumes = np.clip(volumes, config.bolus_min_l, config.bolus_max_l)
+        if max_volume is None:
+            return volumes
+        out = volumes.copy()
+        for k, t in enumerate(future):
+            removed = sum(a for ts, a in samples if ts <= t + 1e-9)
+            volume_before = volume_now + out[:k].sum() - removed
+            out[k] = min(out[k], max(max_volume - volume_before, 0.0))
+        return np.maximum(out, 0.0)
+
+    # -- the optimisation ----------------------------------------------------------------------------------------------
+    def _optimise(self, time_h, future, x0, fallback, why_fallback, problem, dyn, started, volume_now, samples,
+                  max_volume) -> Plan:
+        config = self.config
+        u_max = config.bolus_max_l
+        best = {"f": np.inf, "x": None}
+        evaluations = 0
+        last_seconds = 0.0
+        volume_room = np.inf if max_volume is None else max_volume
+
+        def fun(x):
+            nonlocal evaluations, last_seconds
+            elapsed = _time.perf_counter() - started
+            if evaluations >= config.max_evaluations or (evaluations >= 1
+                                                         and elapsed + last_seconds > config.time_budget_s):
+                raise _Stop
+            t0 = _time.perf_counter()
+            values, grads = _value_and_grad(problem, _full(x * u_max, dyn), _arrays(dyn), jnp.asarray(volume_room))
+            values = np.asarray(values)
+            grads = np.asarray(grads)[:, dyn["active"]] * u_max  # d/dx = d/du · u_max, for the future decisions
+            evaluations += 1
+            last_seconds = _time.perf_counter() - t0
+            if self._scale is None and np.isfinite(values[0]):
+                self._scale = max(abs(float(values[0])), 1.0)
+            scale = self._scale or 1.0
+            f = -values[0] / scale + config.penalty * values[1]
+            g = -grads[0] / scale + config.penalty * grads[1]
+            if not (np.isfinite(f) and np.all(np.isfinite(g))):
+                return 1e6, np.zeros_like(x)
+            if evaluations == 1:
+                best["f0"] = float(f)
+            if f < best["f"]:
+                best["f"], best["x"] = float(f), np.asarray(x, dtype=np.float64).copy()
+            return float(f), g
+
+        bounds = [(config.bolus_min_l / u_max, 1.0)] * len(future)
+        status = None
+        try:
+            result = scipy.optimize.minimize(fun, x0 / u_max, jac=True, method="L-BFGS-B", bounds=bounds,
+                                             options={"maxfun": config.max_evaluations + 1,
+                                                      "maxiter": config.max_evaluations, "ftol": config.tolerance,
+                                                      "gtol": 1e-8})
+            status = "converged" if result.success else "improving"
+        except _Stop:
+            status = "improving"
+        except Exception as exc:  # noqa: BLE001  (any optimiser failure becomes a status, never a crash)
+            status = f"fallback: the optimiser failed ({type(exc).__name__}: {exc}); using {why_fallback}"
+        if status == "improving" and best["x"] is not None:  # converged across calls: no progress left in this one
+            moved = np.max(np.abs(best["x"] - x0 / u_max)) if len(future) else 0.0
+            gained = best["f0"] - best["f"]
+            if moved < 10 * config.tolerance and gained <= config.tolerance * max(abs(best["f"]), 1.0):
+                status = "converged"
+        if best["x"] is None and not (status or "").startswith("fallback"):
+            status = (f"fallback: no finite plan within the budget ({evaluations} evaluations, "
+                      f"{_time.perf_counter() - started:.3f} s); using {why_fallback}")
+        volumes = fallback if status.startswith("fallback") else best["x"] * u_max
+        volumes = self._project(volumes, future, volume_now, samples, max_volume)
+        return self._finish(time_h, future, volumes, status, problem, dyn, evaluations, started, volume_now, samples,
+                            max_volume)
+
+    def _finish(self, time_h, future, volumes, status, problem, dyn, evaluations, started, volume_now, samples,
+                max_volume) -> Plan:
+        """Evaluates the final plan once (predictions for plots, constraint probabilities) and remembers it."""
+        config = self.config
+        observed, ok, objective = _evaluate(problem, _full(volumes, dyn), _arrays(dyn))
+        observed, ok = np.asarray(observed), np.asarray(ok)
+        table = dyn["table"]
+        valid = np.asarray(table.valid)
+        t_end = np.asarray(table.t1)[valid]
+        # the first row ending at each distinct time: values before any event there
+        times, first = np.unique(t_end, return_index=True)
+        keep_rows = np.nonzero(valid)[0][first]
+        quantiles = (1 - config.probability, config.probability)
+        prediction = {}
+        for j, name in enumerate(self.variables):
+            values = observed[ok][:, keep_rows, j] if ok.any() else np.full((1, keep_rows.size), np.nan)
+            prediction[name] = np.stack([values.mean(axis=0), *np.quantile(values, quantiles, axis=0)])
+        probabilities = {}
+        for var, bound, side in self._limits():
+            j = self.variables.index(var)
+            values = observed[:, np.nonzero(valid)[0], j]
+            met = np.all(values >= bound, axis=1) if side == "lower" else np.all(values <= bound, axis=1)
+            probabilities[f"{var} {'>=' if side == 'lower' else '<='} {bound:g}"] = float(np.mean(met & ok))
+        if max_volume is not None and len(future):
+            volume = volume_now + np.cumsum(volumes) - np.asarray([sum(a for ts, a in samples if ts <= t + 1e-9)
+                                                                   for t in future])
+            probabilities[f"volume <= {max_volume:g} L"] = float(np.all(volume <= max_volume + 1e-9))
+        volumes = np.asarray(volumes, dtype=np.float64)
+        if len(future) and not status.startswith("fallback"):
+            self._previous, self._previous_times = volumes.copy(), tuple(float(t) for t in future)
+        elif len(future) and self._previous is None:
+            self._previous, self._previous_times = volumes.copy(), tuple(float(t) for t in future)
+        return Plan(float(time_h), tuple(float(t) for t in future), tuple(float(v) for v in volumes), config.medium,
+                    status, float(objective), probabilities, evaluations, _time.perf_counter() - started,
+                    tuple(float(t) for t in times), prediction)
+
+
+def _full(volumes, dyn) -> jnp.ndarray:
+    """The future decisions' volumes placed in the vector over every decision time of the batch."""
+    u = np.zeros(dyn["n_decisions"])
+    u[dyn["active"]] = np.asarray(volumes, dtype=np.float64)
+    return jnp.asarray(u)
+
+
+def _arrays(dyn) -> dict:
+    return {k: dyn[k] for k in ("params", "y", "inputs", "table", "matrix")}
+
+
+class _Problem(eqx.Module):
+    """The static part of one MPC problem (model, solver, objective and constraint structure)."""
+
+    kinetics: object = eqx.field(static=True)
+    settings: SolverSettings = eqx.field(static=True)
+    variables: tuple[str, ...] = eqx.field(static=True)
+    objective: tuple[tuple[str, float], ...] = eqx.field(static=True)
+    limits: tuple[tuple[str, float, str], ...] = eqx.field(static=True)
+    probability: float = eqx.field(static=True)
+    glucose_band: tuple[float, float] = eqx.field(static=True)
+    feed_cost: float = eqx.field(static=True)
+
+
+def _simulate_plan(problem: _Problem, u, dyn):
+    table: Segments = dyn["table"]
+    amount = table.amount + dyn["matrix"] @ u
+    ends, _, status = propagate(problem.kinetics, problem.settings, dyn["params"], dyn["y"], dyn["inputs"],
+                                table._replace(amount=amount))
+    observed = observe_particles(problem.kinetics, dyn["params"], ends, problem.variables)  # (draws, rows, var)
+    ok = (status == 0) & jnp.all(jnp.isfinite(observed), axis=(1, 2))
+    observed = jnp.where(ok[:, None, None], observed, 0.0)
+    return observed, ok
+
+
+def _terms(problem: _Problem, u, dyn, volume_limit, observed, ok):
+    """(objective, penalty) of plan `u` from the draws' predictions: the objective in its configured units, the
+    penalty as the summed squared relative violations of the chance constraints and the volume limit."""
+    table: Segments = dyn["table"]
+    valid = table.valid
+    last = jnp.maximum(jnp.sum(valid.astype(jnp.int32)) - 1, 0)
+    index = {v: i for i, v in enumerate(problem.variables)}
+    final = observed[:, last]
+    weight = ok / jnp.maximum(jnp.sum(ok), 1)
+    objective = 0.0
+    for term, w in problem.objective:
+        if term == "titer":
+            value = jnp.sum(weight * final[:, index["titer"]])
+        elif term == "product":
+            value = jnp.sum(weight * final[:, index["titer"]] * final[:, index["volume"]])
+        elif term == "viable_cells":
+            value = jnp.sum(weight * final[:, index["vcd"]] * final[:, index["volume"]])
+        else:  # glucose_band
+            glucose = observed[:, :, index["glucose"]]
+            low, high = problem.glucose_band
+            distance = jnp.maximum(low - glucose, 0.0) + jnp.maximum(glucose - high, 0.0)
+            value = -jnp.sum(weight[:, None] * valid[None, :] * distance ** 2) / jnp.maximum(jnp.sum(valid), 1)
+        objective = objective + w * value
+    objective = objective - problem.feed_cost * jnp.sum(u)
+    penalty = 0.0
+    for var, bound, side in problem.limits:
+        values = jnp.where(ok[:, None], observed[:, :, index[var]], 0.0 if side == "lower" else 1e6)
+        level = 1 - problem.probability if side == "lower" else problem.probability
+        quantile = jnp.quantile(values, level, axis=0)  # per row, over draws
+        violation = (bound - quantile) if side == "lower" else (quantile - bound)
+        relative = jnp.maximum(violation, 0.0) / max(bound, 1e-3)
+        penalty = penalty + jnp.sum(jnp.where(valid, relative ** 2, 0.0))
+    volume = observed[:, :, index["volume"]] if "volume" in index else None
+    if volume is not None:
+        over = jnp.maximum(jnp.max(jnp.where(valid[None, :], volume, 0.0)) - volume_limit, 0.0)
+        penalty = penalty + over ** 2 / jnp.maximum(volume_limit, 1e-3) ** 2
+    return objective, penalty
+
+
+@eqx.filter_jit
+def _value_and_grad(problem: _Problem, u, dyn, volume_limit):
+    """Objective and penalty, ``values (2,)``, and their gradients wrt the bolus volumes, ``(2, decisions)`` (reverse
+    mode through the solver: one forward solve, two backward passes)."""
+
+    def both(v):
+        observed, ok = _simulate_plan(problem, v, dyn)
+        return jnp.stack(_terms(problem, v, dyn, volume_limit, observed, ok))
+
+    values, vjp = jax.vjp(both, u)
+    grads = jnp.stack([vjp(jnp.asarray([1.0, 0.0]))[0], vjp(jnp.asarray([0.0, 1.0]))[0]])
+    return values, grads
+
+
+@eqx.filter_jit
+def _evaluate(problem: _Problem, u, dyn):
+    """Every draw's predicted variables under plan `u`, which draws solved, and the objective."""
+    observed, ok = _simulate_plan(problem, u, dyn)
+    objective, _ = _terms(problem, u, dyn, jnp.asarray(jnp.inf), observed, ok)
+    return observed, ok, objective

@@ -1,0 +1,149 @@
+"""Propagating many states from *now*: the segmented solve of `cgt_twin.simulate`, started from any time, state and
+inputs, vmapped over particles or posterior draws.
+
+`cgt_twin.simulate` always starts a batch at inoculation. A control loop starts from the present: the filter's
+particles (states and parameter draws) at the filter time, and the inputs (feed rate, set-points, time of the last
+feed) the protocol has set so far. A `Segments` table holds what happens from then on: row i applies its event at
+``t0[i]`` and integrates to ``t1[i]`` (rows padded to a fixed count with empty segments, so one compilation serves every
+call). The state at the end of each row is returned: with a row boundary at every output time, those are the values
+*before* any event at that time (DESIGN.md's time ties).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import diffrax as dfx
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..data.protocol import Protocol
+from ..models.balance import EventCode, apply_event, vector_field
+from ..models.kinetics import AbstractKinetics, Inputs
+from ..simulate import NONFINITE_STATE, SolverSettings, _event_rows
+
+__all__ = ["Segments", "segments", "event_rows", "solve_segments", "propagate", "inputs_at"]
+
+
+class Segments(NamedTuple):
+    """Rows of (event, then integration), padded with empty rows (``t0 = t1``, no event).
+
+    Attributes:
+        t0: row start = event time, h.
+        t1: row end, h.
+        code: `cgt_twin.models.balance.EventCode` of the event at ``t0``.
+        amount: the event's amount (its canonical unit).
+        conc: composition (per species) of a medium the event adds.
+        valid: False for padding rows.
+    """
+
+    t0: np.ndarray
+    t1: np.ndarray
+    code: np.ndarray
+    amount: np.ndarray
+    conc: np.ndarray
+    valid: np.ndarray
+
+
+def event_rows(kinetics: AbstractKinetics, protocol: Protocol, batch: str = "running") -> list[tuple]:
+    """(time h, code, amount, conc) of every event of `protocol` the model acts on, in protocol order."""
+    return _event_rows(kinetics, protocol, batch)[0]
+
+
+def padded_count(n: int, multiple: int = 16) -> int:
+    """`n` rounded up to a multiple (fewer distinct shapes, fewer compilations)."""
+    return max(multiple, int(math.ceil(n / multiple) * multiple))
+
+
+def segments(kinetics: AbstractKinetics, rows: Sequence[tuple], start_h: float, end_h: float,
+             boundaries: Sequence[float] = (), n_rows: int | None = None) -> Segments:
+    """The table from `start_h` (events at `start_h` included: the state there is the pre-event one) to `end_h`.
+
+    Args:
+        rows: (time, code, amount, conc) events (`event_rows`); those outside ``[start_h, end_h)`` are dropped.
+        boundaries: extra row boundaries (output times) in ``(start_h, end_h]``.
+        n_rows: padded row count (default: the needed count rounded up to a multiple of 16).
+    """
+    n_species = len(kinetics.species)
+    zero = np.zeros(n_species)
+    kept = [r for r in rows if start_h - 1e-9 <= r[0] < end_h - 1e-9]
+    event_times = {r[0] for r in kept}
+    extra = sorted({float(b) for b in boundaries if start_h + 1e-9 < b < end_h - 1e-9 and b not in event_times})
+    table = [(start_h, EventCode.NOOP, 0.0, zero), *kept, *[(b, EventCode.NOOP, 0.0, zero) for b in extra]]
+    table.sort(key=lambda r: r[0])  # stable: protocol order at equal times
+    needed = len(table)
+    n_rows = padded_count(needed) if n_rows is None else n_rows
+    if needed > n_rows:
+        raise ValueError(f"{needed} rows do not fit the padded count {n_rows}")
+    t0 = np.asarray([r[0] for r in table] + [end_h] * (n_rows - needed), dtype=np.float64)
+    t1 = np.append(t0[1:needed], [end_h] * (n_rows - needed + 1))
+    code = np.asarray([int(r[1]) for r in table] + [int(EventCode.NOOP)] * (n_rows - needed), dtype=np.int32)
+    amount = np.asarray([float(r[2]) for r in table] + [0.0] * (n_rows - needed), dtype=np.float64)
+    conc = np.stack([np.asarray(r[3], dtype=np.float64) for r in table] + [zero] * (n_rows - needed))
+    valid = np.arange(n_rows) < needed
+    return Segments(t0, t1, code, amount, conc, valid)
+
+
+def inputs_at(kinetics: AbstractKinetics, rows: Sequence[tuple], time_h: float, params) -> Inputs:
+    """The inputs (rates, set-points, event times) in force just before `time_h`: every rate-type event before it
+    applied in order to `Inputs.initial` (state jumps are not needed for inputs)."""
+    inputs = Inputs.initial(len(kinetics.species))
+    y = jnp.ones(kinetics.layout.size)
+    for t, code, amount, conc in rows:
+        if t >= time_h - 1e-9:
+            break
+        _, inputs = apply_event(kinetics, jnp.asarray(t), y, inputs, jnp.asarray(int(code)), jnp.asarray(amount),
+                                jnp.asarray(conc), params)
+    return jax.tree_util.tree_map(jnp.asarray, inputs)
+
+
+def solve_segments(kinetics: AbstractKinetics, settings: SolverSettings, params, y, inputs: Inputs, table: Segments):
+    """One state through a `Segments` table: ``(ends (rows, state), inputs after, status code, accepted steps)``.
+
+    Like `cgt_twin.simulate`'s batch solve (each row saves only its end; each row starts with the step size the
+    previous one ended with); from the first failed row on, values are NaN and the status says why.
+    """
+    scale = jnp.asarray(kinetics.state_scales())
+    solver = settings.make_solver(kinetics)
+    controller = dfx.PIDController(rtol=settings.rtol, atol=settings.atol)
+    adjoint = settings.make_adjoint()
+    term = dfx.ODETerm(lambda t, z, u: vector_field(kinetics, t, z * scale, u, params) / scale)
+
+    def step(carry, xs):
+        z, u, dt = carry
+        t0, t1, code, amount, conc = xs
+        y_event, u = apply_event(kinetics, t0, z * scale, u, code, amount, conc, params)
+        z = y_event / scale
+        length = t1 - t0
+        sol = dfx.diffeqsolve(term, solver, t0, t1, jnp.clip(dt, 1e-6, jnp.maximum(length, 1e-6)), z, args=u,
+                              saveat=dfx.SaveAt(t1=True), stepsize_controller=controller,
+                              max_steps=settings.max_steps, throw=False, adjoint=adjoint)
+        steps = sol.stats["num_accepted_steps"]
+        dt = jnp.where((length > 0) & (steps > 0), length / jnp.maximum(steps, 1), dt)
+        return (sol.ys[-1], u, dt), (sol.ys[-1], sol.result._value, steps)
+
+    xs = (table.t0, table.t1, table.code, table.amount, table.conc)
+    (_, inputs_end, _), (ends, results, steps) = jax.lax.scan(step, (y / scale, inputs, jnp.asarray(0.5)), xs)
+    finite = jnp.all(jnp.isfinite(ends), axis=1)
+    codes = jnp.where((results == 0) & ~finite, NONFINITE_STATE, results).astype(jnp.int32)
+    failed = codes != 0
+    n_rows = table.t0.shape[0]
+    first = jnp.where(jnp.any(failed), jnp.argmax(failed), n_rows)
+    status = jnp.where(first < n_rows, codes[jnp.minimum(first, n_rows - 1)], 0)
+    ends = jnp.where((jnp.arange(n_rows) >= first)[:, None], jnp.nan, ends * scale)
+    return ends, inputs_end, status, jnp.sum(steps).astype(jnp.int32)
+
+
+@eqx.filter_jit
+def propagate(kinetics: AbstractKinetics, settings: SolverSettings, params, y, inputs: Inputs, table: Segments):
+    """`solve_segments` for every particle: `params` (name -> (particles,)) and `y` (particles, state) carry a leading
+    particle axis; `inputs` and `table` are shared. Returns ``(ends (particles, rows, state), inputs after,
+    status (particles,))``."""
+    table = table._replace(valid=None)
+    ends, inputs_end, status, _ = jax.vmap(lambda p, y0: solve_segments(kinetics, settings, p, y0, inputs, table))(
+        params, y)
+    return ends, jax.tree_util.tree_map(lambda a: a[0], inputs_end), status
