@@ -420,6 +420,55 @@ def crossval(folder: Annotated[Path, typer.Argument(help="campaign folder")],
     _run(body)
 
 
+@app.command()
+def mpc(twin_dir: Annotated[Path, typer.Argument(help="twin artifact folder")],
+        folder: Annotated[Path, typer.Argument(help="running campaign folder: the batch's data and events so far")],
+        batch: Annotated[str, typer.Option(help="the running batch")],
+        out_file: Annotated[Path, typer.Option("--out", help="plan CSV to write (events.csv format)")],
+        config: Annotated[Path | None, typer.Option(help="TOML file with an [mpc] table (MPCConfig fields)")] = None,
+        particles: Annotated[int, typer.Option(help="particles of the state estimate")] = 256,
+        calls: Annotated[int, typer.Option(help="controller iterations at most (stops when converged)")] = 30,
+        no_posterior: Annotated[bool, typer.Option("--no-posterior", help="ignore a stored posterior")] = False,
+        overwrite: Annotated[bool, typer.Option(help="replace an existing output file")] = False,
+        seed: Annotated[int, typer.Option(help="random seed of the filter and the draw selection")] = 0) -> None:
+    """Plan the next bolus feeds of a running batch by MPC: filter its measurements so far, optimise the boluses
+    against posterior draws with chance constraints, write the planned events (events.csv format)."""
+
+    def body():
+        from .control import Predictor
+        from .control.mpc import FeedingController, MPCConfig
+        from .data.folder import read_campaign
+        from .io import append_provenance, campaign_hash
+
+        if out_file.exists() and not overwrite:
+            raise FileExistsError(f"{out_file} exists; pass --overwrite to replace it")
+        settings = MPCConfig.from_toml(config) if config is not None else MPCConfig()
+        settings = dataclasses.replace(settings, seed=seed)
+        campaign = read_campaign(folder)
+        predictor = Predictor.load(twin_dir, use_posterior=not no_posterior, n_particles=particles, seed=seed)
+        report = predictor.start_from_campaign(campaign, batch)
+        for rejection in report.rejected:
+            err.print(f"measurement not used: {rejection.variable} at {rejection.time_h:g} h: {rejection.reason}",
+                      markup=False)
+        controller = FeedingController(predictor.twin, settings)
+        plan = None
+        for _ in range(max(calls, 1)):
+            plan = controller.step(predictor)
+            if plan.status == "converged" or plan.is_fallback:
+                break
+        tmp = out_file.with_name(f".{out_file.name}.tmp")
+        plan.write_csv(tmp, batch=batch)
+        os.replace(tmp, out_file)
+        append_provenance(twin_dir, "mpc " + " ".join(sys.argv[1:]), status=plan.status,
+                          data_hash=campaign_hash(campaign), seed=seed)
+        out.print(str(plan), markup=False)
+        for note in predictor.notes:
+            out.print(f"note: {note}", markup=False)
+        out.print(f"[green]planned[/] {len(plan.events)} boluses -> {escape(str(out_file))}", markup=True)
+
+    _run(body)
+
+
 def _use_compilation_cache() -> None:
     """Keeps compiled programs between runs of the script (JAX's persistent cache, in ``~/.cache/cgt_twin/xla``
     unless ``JAX_COMPILATION_CACHE_DIR`` says otherwise): a calibration script then compiles each model once."""

@@ -29,7 +29,7 @@ import dataclasses
 import math
 import os
 import time as _time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import equinox as eqx
@@ -39,8 +39,8 @@ import numpy as np
 import pandas as pd
 import scipy.optimize
 
-from ..data.campaign import protocol_tables
 from ..data.errors import CampaignValidationError, Problem
+from ..data.tables import EVENT_COLUMNS
 from ..data.protocol import Event, EventKind, Protocol
 from ..models.balance import EventCode
 from ..models.twin import Twin
@@ -151,7 +151,7 @@ class MPCConfig:
                                                      for t in self.decision_times_h):
             problems.append("decision_times_h must be finite and >= 0")
         if problems:
-            raise CampaignValidationError(*[Problem("mpc config", p) for p in problems])
+            raise CampaignValidationError([Problem("mpc config", p) for p in problems])
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike) -> MPCConfig:
@@ -226,8 +226,9 @@ class Plan:
 
     def to_events(self, batch: str = "running") -> pd.DataFrame:
         """The plan in the ``events.csv`` format of a campaign folder."""
-        events, _ = protocol_tables({batch: Protocol(1.0, self.events)}, {})
-        return events
+        rows = [{"batch": batch, "time_h": e.time_h, "kind": e.kind.value, "target": "", "amount": e.amount,
+                 "unit": e.unit, "medium": e.medium, "note": e.note} for e in self.events]
+        return pd.DataFrame(rows, columns=[*EVENT_COLUMNS, "note"])
 
     def write_csv(self, path: str | os.PathLike, batch: str = "running") -> Path:
         """Writes `to_events` to `path` (CSV)."""
@@ -242,6 +243,30 @@ class Plan:
         return (f"Plan at {self.time_h:g} h [{self.status}], objective {self.objective:.4g}, "
                 f"{self.evaluations} evaluations in {self.seconds * 1000:.0f} ms\n  boluses: {volumes or 'none'}\n"
                 f"  constraints met in: {chances or 'no constraints'}")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Call:
+    """One controller call's problem: when, which decisions, the compiled problem and its arrays, the vessel."""
+
+    time_h: float
+    future: np.ndarray  # decision times from now on, h
+    problem: _Problem
+    dyn: dict
+    volume_now: float  # L
+    samples: tuple[tuple[float, float], ...]  # future (time h, volume L) sample removals
+    max_volume: float | None  # L
+    fallback: np.ndarray  # L per future decision
+    why_fallback: str
+    started: float  # perf_counter at the call's start
+
+    @property
+    def volume_limit(self) -> float:
+        return np.inf if self.max_volume is None else float(self.max_volume)
+
+    def removed_until(self, t: float) -> float:
+        """Volume removed by samples up to and including `t`, L."""
+        return sum(a for ts, a in self.samples if ts <= t + 1e-9)
 
 
 class _Stop(Exception):
@@ -322,19 +347,39 @@ class FeedingController:
         """Plans from explicit draws: `states` (draws, state) at `time_h` (pre-event values there) and `params`
         name -> (draws,); `protocol` is the batch's recorded protocol (its future boluses of the controlled medium
         are replaced by the plan)."""
+        call = self._setup(time_h, states, params, protocol, inputs)
+        if not len(call.future):
+            return self._finish(call, np.zeros(0), "converged", 0)
+        return self._optimise(call, np.clip(call.fallback, self.config.bolus_min_l, self.config.bolus_max_l))
+
+    def evaluate(self, time_h: float, states: np.ndarray, params: Mapping[str, np.ndarray], protocol: Protocol,
+                 volumes: Sequence[float], inputs=None) -> tuple[float, float, np.ndarray]:
+        """A given plan's ``(objective, penalty, gradient of objective - config.penalty·penalty per decision)``
+        for the same draws as `plan` (for checks and what-if questions; `volumes` one per future decision)."""
+        call = self._setup(time_h, states, params, protocol, inputs)
+        values, grads = _value_and_grad(call.problem, _full(np.asarray(volumes, dtype=np.float64), call.dyn),
+                                        _arrays(call.dyn), jnp.asarray(call.volume_limit))
+        values, grads = np.asarray(values), np.asarray(grads)[:, call.dyn["active"]]
+        return float(values[0]), float(values[1]), grads[0] - self.config.penalty * grads[1]
+
+    def _setup(self, time_h, states, params, protocol, inputs) -> _Call:
+        """Everything one call needs: the table from now to the end with a row per future decision, the draws."""
         started = _time.perf_counter()
         config = self.config
         kinetics = self.twin.kinetics
         if config.medium not in protocol.media or not protocol.media[config.medium].is_known:
             raise CampaignValidationError(Problem("mpc config", f"medium {config.medium!r} is not a medium of the "
                                                                 "running protocol with a known composition"))
+        states = np.asarray(states, dtype=np.float64)
+        if states.ndim != 2 or states.shape[1] != kinetics.layout.size:
+            raise CampaignValidationError(Problem("mpc", f"states must be (draws, {kinetics.layout.size}), got "
+                                                         f"{states.shape}"))
         times, end = self._decision_times(protocol)
         max_volume = config.max_volume_l if config.max_volume_l is not None else protocol.max_volume
         future = times[times >= time_h - 1e-9]
         kept = tuple(e for e in protocol.events if not (e.kind is EventKind.BOLUS and e.medium == config.medium
                                                           and e.time_h >= time_h - 1e-9))
-        base = dataclasses.replace(protocol, events=kept)
-        rows = event_rows(kinetics, base)
+        rows = event_rows(kinetics, dataclasses.replace(protocol, events=kept))
         if inputs is None:
             inputs = inputs_at(kinetics, rows, time_h, self.twin.params)
         conc = np.asarray([protocol.media[config.medium].concentrations.get(s, 0.0) for s in kinetics.species])
@@ -357,22 +402,16 @@ class FeedingController:
                               & (table.amount == 0.0) & table.valid)[0]
             matrix[hits[-1], k] = 1.0
         volume_now = float(np.median(states[:, -1]))
-        sample_after = [(e.time_h, e.amount) for e in kept if e.kind is EventKind.SAMPLE and e.time_h >= time_h - 1e-9
-                        and np.isfinite(e.amount)]
-        limits = self._limits()
-        problem = _Problem(kinetics, config.solver, self.variables, tuple(config.objective.items()), limits,
+        samples = tuple((e.time_h, e.amount) for e in kept if e.kind is EventKind.SAMPLE
+                        and e.time_h >= time_h - 1e-9 and np.isfinite(e.amount))
+        problem = _Problem(kinetics, config.solver, self.variables, tuple(config.objective.items()), self._limits(),
                            config.probability, config.glucose_band, config.feed_cost)
-        dyn = dict(params={k: jnp.asarray(v) for k, v in params.items()}, y=jnp.asarray(states), inputs=inputs,
-                   table=table._replace(valid=jnp.asarray(table.valid)), matrix=jnp.asarray(matrix),
-                   active=active, n_decisions=matrix.shape[1])
-        fallback, why_fallback = self._fallback(future)
-        fallback = self._project(fallback, future, volume_now, sample_after, max_volume)
-        if not len(future):
-            return self._finish(time_h, future, np.zeros(0), "converged", problem, dyn, 0, started, volume_now,
-                                sample_after, max_volume)
-        x0 = self._warm_start(future, fallback)
-        return self._optimise(time_h, future, x0, fallback, why_fallback, problem, dyn, started, volume_now,
-                              sample_after, max_volume)
+        dyn = dict(params={k: jnp.asarray(np.asarray(v, dtype=np.float64)) for k, v in params.items()},
+                   y=jnp.asarray(states), inputs=inputs, table=table._replace(valid=jnp.asarray(table.valid)),
+                   matrix=jnp.asarray(matrix), active=active, n_decisions=matrix.shape[1])
+        fallback, why = self._fallback(future)
+        call = _Call(float(time_h), future, problem, dyn, volume_now, samples, max_volume, fallback, why, started)
+        return dataclasses.replace(call, fallback=self._project(fallback, call))
 
     def _limits(self) -> tuple[tuple[str, float, str], ...]:
         return tuple((var, float(getattr(self.config, field)), side) for var, field, side in _LIMITS
@@ -385,32 +424,27 @@ class FeedingController:
                 return np.asarray([lookup[t] for t in future]), "the previous plan"
         return np.full(len(future), self.config.fallback_bolus_l), "the default boluses"
 
-    def _warm_start(self, future: np.ndarray, fallback: np.ndarray) -> np.ndarray:
-        return np.clip(fallback, self.config.bolus_min_l, self.config.bolus_max_l)
-
-    def _project(self, volumes: np.ndarray, future: np.ndarray, volume_now: float, samples, max_volume) -> np.ndarray:
+    def _project(self, volumes: np.ndarray, call: _Call) -> np.ndarray:
         """Clips to the bolus bounds (non-finite -> the lower bound) and, in time order, to the vessel's headroom."""
         config = self.config
         volumes = np.where(np.isfinite(volumes), volumes, config.bolus_min_l)
         volumes = np.clip(volumes, config.bolus_min_l, config.bolus_max_l)
-        if max_volume is None:
+        if call.max_volume is None:
             return volumes
         out = volumes.copy()
-        for k, t in enumerate(future):
-            removed = sum(a for ts, a in samples if ts <= t + 1e-9)
-            volume_before = volume_now + out[:k].sum() - removed
-            out[k] = min(out[k], max(max_volume - volume_before, 0.0))
+        for k, t in enumerate(call.future):
+            volume_before = call.volume_now + out[:k].sum() - call.removed_until(t)
+            out[k] = min(out[k], max(call.max_volume - volume_before, 0.0))
         return np.maximum(out, 0.0)
 
     # -- the optimisation ----------------------------------------------------------------------------------------------
-    def _optimise(self, time_h, future, x0, fallback, why_fallback, problem, dyn, started, volume_now, samples,
-                  max_volume) -> Plan:
+    def _optimise(self, call: _Call, x0: np.ndarray) -> Plan:
         config = self.config
         u_max = config.bolus_max_l
         best = {"f": np.inf, "x": None}
         evaluations = 0
         last_seconds = 0.0
-        volume_room = np.inf if max_volume is None else max_volume
+        problem, dyn, started = call.problem, call.dyn, call.started
 
         def fun(x):
             nonlocal evaluations, last_seconds
@@ -419,7 +453,8 @@ class FeedingController:
                                                          and elapsed + last_seconds > config.time_budget_s):
                 raise _Stop
             t0 = _time.perf_counter()
-            values, grads = _value_and_grad(problem, _full(x * u_max, dyn), _arrays(dyn), jnp.asarray(volume_room))
+            values, grads = _value_and_grad(problem, _full(x * u_max, dyn), _arrays(dyn),
+                                            jnp.asarray(call.volume_limit))
             values = np.asarray(values)
             grads = np.asarray(grads)[:, dyn["active"]] * u_max  # d/dx = d/du · u_max, for the future decisions
             evaluations += 1
@@ -429,7 +464,7 @@ class FeedingController:
             scale = self._scale or 1.0
             f = -values[0] / scale + config.penalty * values[1]
             g = -grads[0] / scale + config.penalty * grads[1]
-            if not (np.isfinite(f) and np.all(np.isfinite(g))):
+            if not (np.isfinite(f) and np.all(np.isfinite(g))):  # never a candidate plan; the line search backs off
                 return 1e6, np.zeros_like(x)
             if evaluations == 1:
                 best["f0"] = float(f)
@@ -437,7 +472,7 @@ class FeedingController:
                 best["f"], best["x"] = float(f), np.asarray(x, dtype=np.float64).copy()
             return float(f), g
 
-        bounds = [(config.bolus_min_l / u_max, 1.0)] * len(future)
+        bounds = [(config.bolus_min_l / u_max, 1.0)] * len(call.future)
         status = None
         try:
             result = scipy.optimize.minimize(fun, x0 / u_max, jac=True, method="L-BFGS-B", bounds=bounds,
@@ -448,25 +483,23 @@ class FeedingController:
         except _Stop:
             status = "improving"
         except Exception as exc:  # noqa: BLE001  (any optimiser failure becomes a status, never a crash)
-            status = f"fallback: the optimiser failed ({type(exc).__name__}: {exc}); using {why_fallback}"
+            status = f"fallback: the optimiser failed ({type(exc).__name__}: {exc}); using {call.why_fallback}"
         if status == "improving" and best["x"] is not None:  # converged across calls: no progress left in this one
-            moved = np.max(np.abs(best["x"] - x0 / u_max)) if len(future) else 0.0
+            moved = np.max(np.abs(best["x"] - x0 / u_max))
             gained = best["f0"] - best["f"]
             if moved < 10 * config.tolerance and gained <= config.tolerance * max(abs(best["f"]), 1.0):
                 status = "converged"
         if best["x"] is None and not (status or "").startswith("fallback"):
             status = (f"fallback: no finite plan within the budget ({evaluations} evaluations, "
-                      f"{_time.perf_counter() - started:.3f} s); using {why_fallback}")
-        volumes = fallback if status.startswith("fallback") else best["x"] * u_max
-        volumes = self._project(volumes, future, volume_now, samples, max_volume)
-        return self._finish(time_h, future, volumes, status, problem, dyn, evaluations, started, volume_now, samples,
-                            max_volume)
+                      f"{_time.perf_counter() - started:.3f} s); using {call.why_fallback}")
+        volumes = call.fallback if status.startswith("fallback") else best["x"] * u_max
+        return self._finish(call, self._project(volumes, call), status, evaluations)
 
-    def _finish(self, time_h, future, volumes, status, problem, dyn, evaluations, started, volume_now, samples,
-                max_volume) -> Plan:
+    def _finish(self, call: _Call, volumes: np.ndarray, status: str, evaluations: int) -> Plan:
         """Evaluates the final plan once (predictions for plots, constraint probabilities) and remembers it."""
         config = self.config
-        observed, ok, objective = _evaluate(problem, _full(volumes, dyn), _arrays(dyn))
+        future, dyn = call.future, call.dyn
+        observed, ok, objective = _evaluate(call.problem, _full(volumes, dyn), _arrays(dyn))
         observed, ok = np.asarray(observed), np.asarray(ok)
         table = dyn["table"]
         valid = np.asarray(table.valid)
@@ -485,17 +518,16 @@ class FeedingController:
             values = observed[:, np.nonzero(valid)[0], j]
             met = np.all(values >= bound, axis=1) if side == "lower" else np.all(values <= bound, axis=1)
             probabilities[f"{var} {'>=' if side == 'lower' else '<='} {bound:g}"] = float(np.mean(met & ok))
-        if max_volume is not None and len(future):
-            volume = volume_now + np.cumsum(volumes) - np.asarray([sum(a for ts, a in samples if ts <= t + 1e-9)
-                                                                   for t in future])
-            probabilities[f"volume <= {max_volume:g} L"] = float(np.all(volume <= max_volume + 1e-9))
+        if call.max_volume is not None and len(future):
+            volume = call.volume_now + np.cumsum(volumes) - np.asarray([call.removed_until(t) for t in future])
+            probabilities[f"volume <= {call.max_volume:g} L"] = float(np.all(volume <= call.max_volume + 1e-9))
         volumes = np.asarray(volumes, dtype=np.float64)
         if len(future) and not status.startswith("fallback"):
             self._previous, self._previous_times = volumes.copy(), tuple(float(t) for t in future)
         elif len(future) and self._previous is None:
             self._previous, self._previous_times = volumes.copy(), tuple(float(t) for t in future)
-        return Plan(float(time_h), tuple(float(t) for t in future), tuple(float(v) for v in volumes), config.medium,
-                    status, float(objective), probabilities, evaluations, _time.perf_counter() - started,
+        return Plan(call.time_h, tuple(float(t) for t in future), tuple(float(v) for v in volumes), config.medium,
+                    status, float(objective), probabilities, evaluations, _time.perf_counter() - call.started,
                     tuple(float(t) for t in times), prediction)
 
 

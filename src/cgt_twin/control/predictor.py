@@ -105,7 +105,7 @@ class PredictorSettings:
         if self.state_jitter < 0 or self.initial_spread < 0:
             problems.append("state_jitter and initial_spread must be >= 0")
         if problems:
-            raise CampaignValidationError(*[Problem("predictor settings", p) for p in problems])
+            raise CampaignValidationError([Problem("predictor settings", p) for p in problems])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,7 +271,7 @@ class Predictor:
         if not math.isfinite(time_h) or time_h < 0:
             problems.append(Problem("initial state", f"time_h must be finite and >= 0, got {time_h!r}"))
         if problems:
-            raise CampaignValidationError(*problems)
+            raise CampaignValidationError(problems)
         self.notes = list(self._base_notes)
         defaulted = sorted(set(names) - set(given) - {"volume"})
         if defaulted:
@@ -664,7 +664,7 @@ def extend_protocol(protocol: Protocol, events: Sequence[Event], *, file: str) -
     fields["events"] = (*protocol.events, *events)
     extended, problems = Protocol.checked(file=file, batch="running", **fields)
     if problems:
-        raise CampaignValidationError(*problems)
+        raise CampaignValidationError(problems)
     return extended
 
 

@@ -1,0 +1,247 @@
+"""`cgt_twin.control.Predictor`: the propagation against `simulate`, the filter against a known truth, messy
+measurements (rejected with reasons, late ones re-filtered to the in-order result), save/restore."""
+
+from __future__ import annotations
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+
+import cgt_twin  # noqa: F401  (float64)
+from cgt_twin import CampaignValidationError, Event, Medium, Protocol
+from cgt_twin.control import Predictor, PredictorSettings
+from cgt_twin.control.filter import weighted_quantiles
+from cgt_twin.control.propagate import event_rows, inputs_at, propagate, segments
+from cgt_twin.models import CHOFedBatch
+from cgt_twin.models.twin import Twin
+from cgt_twin.simulate import SolverSettings, simulate
+
+NOISE = {"vcd": (0.02, 0.05), "glucose": (0.1, 0.03), "lactate": (0.1, 0.05), "titer": (1.0, 0.05)}
+INITIAL = {"vcd": 0.5, "dead_cells": 0.01, "glucose": 30.0, "glutamine": 4.0, "lactate": 2.0, "ammonia": 0.5,
+           "titer": 0.0}
+N = 64
+
+
+def _protocol(boluses=((48.0, 0.04), (96.0, 0.04))) -> Protocol:
+    events = [Event(t, "bolus", v, "L", medium="feed") for t, v in boluses] + [Event(240.0, "harvest")]
+    return Protocol(1.0, tuple(events), {"feed": Medium("feed", {"glucose": 400.0, "glutamine": 40.0})},
+                    max_volume=1.5)
+
+
+@pytest.fixture(scope="module")
+def twin() -> Twin:
+    return Twin(CHOFedBatch(), noise=NOISE)
+
+
+@pytest.fixture(scope="module")
+def truth(twin) -> Twin:
+    return twin.with_params(mu_max=0.033)
+
+
+def _measure(model: Twin, protocol: Protocol, times, variables=("vcd", "glucose", "lactate")) -> list[tuple]:
+    trajectory = simulate(model, {"b": protocol}, times=list(times), initial_states={"b": {**INITIAL, "volume": 1.0}})
+    return [(t, v, float(trajectory[v].sel(batch="b", phase="pre", time=t).values)) for t in times for v in variables]
+
+
+def _predictor(twin, **changes) -> Predictor:
+    return Predictor(twin, settings=PredictorSettings(n_particles=N, **changes))
+
+
+def test_propagation_from_mid_batch_matches_simulate(twin):
+    """Started at 60 h from simulate's state, with the inputs the earlier events set (a feed rate, a temperature
+    shift), the control propagation reproduces simulate's later values."""
+    events = (Event(24.0, "feed_rate", 0.002, "L/h", medium="feed"), Event(48.0, "setpoint", 33.0, "degC",
+                                                                           target="temperature"),
+              Event(72.0, "bolus", 0.05, "L", medium="feed"), Event(100.0, "feed_rate", 0.0, "L/h", medium="feed"),
+              Event(144.0, "harvest"))
+    protocol = Protocol(1.0, events, {"feed": Medium("feed", {"glucose": 300.0, "glutamine": 30.0})})
+    model = Twin(CHOFedBatch(temperature_shift=True))
+    times = [60.0, 72.0, 90.0, 120.0, 144.0]
+    settings = SolverSettings(rtol=1e-9, atol=1e-11)
+    reference = simulate(model, {"b": protocol}, times=times, initial_states={"b": {**INITIAL, "volume": 1.0}},
+                         settings=settings)
+    names = model.kinetics.layout.names
+    y60 = np.asarray([float(reference[n].sel(batch="b", phase="pre", time=60.0).values) for n in names])
+    rows = event_rows(model.kinetics, protocol)
+    inputs = inputs_at(model.kinetics, rows, 60.0, model.params)
+    assert float(inputs.temperature) == 33.0 and float(inputs.feed_rate) == pytest.approx(0.002)
+    table = segments(model.kinetics, rows, 60.0, 144.0, times[1:])
+    ends, _, status = propagate(model.kinetics, settings, {k: jnp.asarray([v]) for k, v in model.params.items()},
+                                jnp.asarray(y60)[None], inputs, table)
+    assert int(status[0]) == 0
+    for t in times[1:]:
+        row = int(np.searchsorted(table.t1, t - 1e-9))  # the first row ending at t: before any event there
+        expected = np.asarray([float(reference[n].sel(batch="b", phase="pre", time=t).values) for n in names])
+        np.testing.assert_allclose(np.asarray(ends[0, row]), expected, rtol=1e-6, atol=1e-8)
+
+
+def test_weighted_quantiles_match_numpy():
+    rng = np.random.default_rng(1)
+    values = rng.standard_normal((200, 3, 2))
+    weights = rng.random(200)
+    weights /= weights.sum()
+    got = weighted_quantiles(values, weights, (0.05, 0.5, 0.95))
+    for i in range(3):
+        for j in range(2):
+            expected = np.quantile(values[:, i, j], [0.05, 0.5, 0.95], weights=weights, method="inverted_cdf")
+            np.testing.assert_allclose(got[:, i, j], expected)
+
+
+def test_filter_corrects_a_wrong_initial_state_and_tracks_the_truth(twin, truth):
+    """The predictor starts 40 % off in vcd and the twin's growth rate is wrong; with daily measurements its
+    estimate at the measurement time lands near the truth, far nearer than the open-loop twin."""
+    protocol = _protocol()
+    predictor = _predictor(twin, initial_spread=0.3)
+    predictor.start(protocol, {**INITIAL, "vcd": 0.3})
+    times = [24.0, 48.0, 72.0, 96.0, 120.0]
+    for t in times:
+        report = predictor.update(_measure(truth, protocol, [t]))
+        assert report.accepted == 3 and not report.rejected
+    true_vcd = _measure(truth, protocol, [120.0], ("vcd",))[0][2]
+    open_loop = simulate(twin, {"b": protocol}, times=[120.0], initial_states={"b": {**INITIAL, "vcd": 0.3,
+                                                                                      "volume": 1.0}})
+    open_vcd = float(open_loop["vcd"].sel(batch="b", phase="pre").values[0])
+    forecast = predictor.forecast(horizon_h=24.0)
+    filtered = float(forecast["vcd"].sel(statistic="mean").values[0])
+    assert forecast["time"].values[0] == 120.0
+    assert abs(filtered - true_vcd) < 0.25 * abs(open_vcd - true_vcd)
+    assert abs(filtered - true_vcd) / true_vcd < 0.08  # within about one measurement sd (5 % + 0.02)
+
+
+def test_forecast_bands_are_ordered_and_measurement_bands_wider(twin):
+    predictor = Predictor(twin, settings=PredictorSettings(n_particles=N), noise={"glucose": (0.5, 0.3)})
+    predictor.start(_protocol(), INITIAL)
+    state = predictor.forecast(horizon_h=72.0, step_h=12.0)
+    noisy = predictor.forecast(horizon_h=72.0, step_h=12.0, band="measurement")
+    assert list(state["time"].values) == [0.0, 12.0, 24.0, 36.0, 48.0, 60.0, 72.0]
+    for name in ("vcd", "glucose", "titer"):
+        mean, low, high = state[name].values
+        assert np.all(low <= mean + 1e-9) and np.all(mean <= high + 1e-9)
+    width = lambda ds: ds["glucose"].sel(statistic="q95").values - ds["glucose"].sel(statistic="q05").values  # noqa
+    assert np.all(width(noisy)[1:] > width(state)[1:])
+    # the bolus at 48 h: the value at 48 h is before it (pre), glucose is up by 60 h
+    glucose = state["glucose"].sel(statistic="mean").values
+    assert glucose[5] > glucose[4] - 5.0
+    plan = predictor.forecast(horizon_h=72.0, step_h=12.0, plan=[Event(24.0, "bolus", 0.1, "L", medium="feed")])
+    assert plan["glucose"].sel(statistic="mean", time=36.0) > state["glucose"].sel(statistic="mean", time=36.0) + 10
+
+
+def test_bad_measurements_are_rejected_with_reasons_and_change_nothing(twin, truth):
+    protocol = _protocol()
+    predictor = _predictor(twin)
+    predictor.start(protocol, INITIAL, time_h=0.0)
+    good = _measure(truth, protocol, [24.0])
+    predictor.update(good)
+    before = predictor.particles()
+    bad = pd.DataFrame([
+        {"time_h": np.nan, "variable": "vcd", "value": 1.0, "unit": ""},
+        {"time_h": 30.0, "variable": "vcd", "value": np.inf, "unit": ""},
+        {"time_h": 30.0, "variable": "oxygen", "value": 1.0, "unit": ""},
+        {"time_h": 30.0, "variable": "glucose", "value": -2.0, "unit": ""},
+        {"time_h": -1.0, "variable": "glucose", "value": 2.0, "unit": ""},
+        {"time_h": 30.0, "variable": "glucose", "value": 2.0, "unit": "parsec"},
+        {"time_h": "soon", "variable": "glucose", "value": 2.0, "unit": ""},
+        {"time_h": good[0][0], "variable": good[0][1], "value": good[0][2], "unit": ""},
+    ])
+    report = predictor.update(bad)
+    assert report.accepted == 0 and len(report.rejected) == 8
+    reasons = [r.reason for r in report.rejected]
+    assert "non-finite time" in reasons[0] and "non-finite value" in reasons[1]
+    assert "not a variable" in reasons[2] and "physical range" in reasons[3] and "batch start" in reasons[4]
+    assert "unit 'parsec'" in reasons[5] and "not a number" in reasons[6] and "duplicate" in reasons[7]
+    assert "rejected 8" in str(report)
+    after = predictor.particles()
+    np.testing.assert_array_equal(before[0], after[0])
+    np.testing.assert_array_equal(before[2], after[2])
+    assert predictor.time_h == 24.0
+
+
+def test_units_are_converted_at_the_boundary(twin):
+    """Glucose in g/L (pint, molar mass 180.16 g/mol) weighs particles exactly as the same value in mM."""
+    results = []
+    for value, unit in ((18.016, "g/L"), (100.0, "mM")):
+        predictor = _predictor(twin)
+        predictor.start(_protocol(), INITIAL)
+        predictor.update(pd.DataFrame([{"time_h": 24.0, "variable": "glucose", "value": value, "unit": unit}]))
+        results.append(predictor.particles())
+    np.testing.assert_allclose(results[0][2], results[1][2], rtol=1e-9)
+
+
+def test_late_out_of_order_measurements_give_the_in_order_result(twin, truth):
+    protocol = _protocol()
+    rows = _measure(truth, protocol, [24.0, 48.0, 72.0, 96.0])
+    in_order = _predictor(twin)
+    in_order.start(protocol, INITIAL)
+    for t in (24.0, 48.0, 72.0, 96.0):
+        in_order.update([r for r in rows if r[0] == t])
+    shuffled = _predictor(twin)
+    shuffled.start(protocol, INITIAL)
+    shuffled.update([r for r in rows if r[0] == 96.0])
+    report = shuffled.update([r for r in rows if r[0] in (24.0, 72.0)])
+    assert report.replayed_from == 0.0
+    report = shuffled.update([r for r in rows if r[0] == 48.0][::-1])
+    assert report.replayed_from == 24.0 and shuffled.time_h == 96.0
+    a, b = in_order.particles(), shuffled.particles()
+    np.testing.assert_allclose(a[0], b[0], rtol=1e-12)
+    np.testing.assert_allclose(a[2], b[2], rtol=1e-12)
+
+
+def test_an_event_recorded_late_refilters_from_its_time(twin, truth):
+    protocol = _protocol(boluses=((48.0, 0.04),))
+    without = _protocol(boluses=())
+    rows = _measure(truth, protocol, [24.0, 72.0])
+    on_time = _predictor(twin)
+    on_time.start(protocol, INITIAL)
+    on_time.update(rows)
+    late = _predictor(twin)
+    late.start(without, INITIAL)
+    late.update(rows)
+    assert late.record_events([Event(48.0, "bolus", 0.04, "L", medium="feed")]) == 24.0
+    np.testing.assert_allclose(on_time.particles()[0], late.particles()[0], rtol=1e-12)
+
+
+def test_save_and_restore_lose_nothing(twin, truth, tmp_path):
+    protocol = _protocol()
+    predictor = _predictor(twin)
+    predictor.start(protocol, INITIAL)
+    predictor.update(_measure(truth, protocol, [24.0, 48.0]))
+    predictor.save(tmp_path / "state")
+    restored = _predictor(twin)
+    restored.restore(tmp_path / "state")
+    assert restored.time_h == predictor.time_h
+    np.testing.assert_array_equal(restored.particles()[0], predictor.particles()[0])
+    more = _measure(truth, protocol, [72.0, 30.0])  # a new one and a late one: both continue identically
+    a, b = predictor.update(more), restored.update(more)
+    assert a.replayed_from == b.replayed_from == 24.0
+    np.testing.assert_allclose(restored.particles()[0], predictor.particles()[0], rtol=1e-12)
+    xr_a, xr_b = predictor.forecast(24.0), restored.forecast(24.0)
+    np.testing.assert_allclose(xr_a["vcd"].values, xr_b["vcd"].values, rtol=1e-12)
+    # tampering, another twin, another particle count: clear errors
+    document = json.loads((tmp_path / "state" / "predictor.json").read_text())
+    document["start_h"] = 5.0
+    (tmp_path / "state" / "predictor.json").write_text(json.dumps(document))
+    with pytest.raises(CampaignValidationError, match="content hash"):
+        _predictor(twin).restore(tmp_path / "state")
+    predictor.save(tmp_path / "state")
+    with pytest.raises(CampaignValidationError, match="another twin"):
+        Predictor(twin.with_params(mu_max=0.02), settings=PredictorSettings(n_particles=N)).restore(tmp_path / "state")
+
+
+def test_bad_settings_and_state_are_rejected(twin):
+    with pytest.raises(CampaignValidationError, match="n_particles"):
+        Predictor(twin, settings=PredictorSettings(n_particles=1), compile=False)
+    predictor = Predictor(twin, settings=PredictorSettings(n_particles=N), compile=False)
+    with pytest.raises(RuntimeError, match="start"):
+        predictor.update([(1.0, "vcd", 1.0)])
+    with pytest.raises(CampaignValidationError, match="unknown state 'glucoze'"):
+        predictor.start(_protocol(), {"glucoze": 1.0})
+    with pytest.raises(CampaignValidationError, match="vcd must be finite"):
+        predictor.start(_protocol(), {"vcd": -1.0})
+    predictor.start(_protocol(), INITIAL)
+    with pytest.raises(CampaignValidationError, match="missing columns"):
+        predictor.update(pd.DataFrame({"t": [1.0]}))
+    with pytest.raises(CampaignValidationError, match="band"):
+        predictor.forecast(band="both")
