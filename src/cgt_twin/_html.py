@@ -88,8 +88,10 @@ def twin_html(twin) -> str:
     core = getattr(kinetics, "core", None)
     residual = ""
     if core is not None:
-        n_weights = _count_weights(kinetics)
-        residual = f"; neural residual on {_esc(type(core).__name__)} ({n_weights} weights)"
+        n_weights = _count_weights(kinetics.residual)
+        covariates = kinetics.covariate_encoding.columns
+        seen = f"; batch covariates {_esc(', '.join(covariates))}" if covariates else ""
+        residual = f"; neural residual on {_esc(type(core).__name__)} ({n_weights} weights{seen})"
     head = (f"<b>Twin</b> {_esc(name)} — cell type {_esc(twin.cell_type)}, {len(twin.params)} parameters, "
             f"solver {_esc(getattr(kinetics, 'solver', '?'))}{residual}")
     specs = {p.name: p for p in kinetics.parameters}

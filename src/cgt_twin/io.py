@@ -3,8 +3,8 @@
 Layout of an artifact folder:
 
 - ``twin.json``: schema version; the model (registered model name, its options, parameter values with units, the
-  neural residual's specification); the content hash; library and dependency versions; the data hash and the fit
-  settings when it came from a fit; free metadata.
+  neural residual's specification and its batch-covariate encoding — levels, centres and scales); the content hash;
+  library and dependency versions; the data hash and the fit settings when it came from a fit; free metadata.
 - ``arrays.npz``: the neural residual's weights (numpy format, read with ``allow_pickle=False``), if any.
 - ``provenance.jsonl``: an append-only, hash-chained log of every fit, prediction and sample made with it.
 - ``posterior.json`` + ``posterior.npz`` (optional, written by ``cgt-twin sample``): a `cgt_twin.bayes.Posterior` of
@@ -37,6 +37,7 @@ import numpy as np
 from ._atomic import atomic_folder
 from .data.errors import CampaignValidationError, Problem
 from .hybrid import HybridKinetics, ResidualSpec, hybrid
+from .models.covariates import CovariateEncoding
 from .models.kinetics import AbstractKinetics
 from .models.registry import MODELS, make_kinetics
 from .models.twin import Twin
@@ -44,8 +45,10 @@ from .models.twin import Twin
 __all__ = ["SCHEMA_VERSION", "save_twin", "load_twin", "load_posterior", "append_provenance", "read_provenance",
            "verify_provenance", "campaign_hash", "ArtifactError"]
 
-SCHEMA_VERSION = 1
-"""Version of the artifact layout this library writes; it reads this and every older one."""
+SCHEMA_VERSION = 2
+"""Version of the artifact layout this library writes; it reads this and every older one. History: 1 — first layout;
+2 — the residual's specification names its batch covariates (``covariates``, ``covariate_kinds``) and the residual
+section holds their encoding (``covariates``: one record per covariate; absent in version 1 = none)."""
 _DEPENDENCIES = ("cgt_twin", "jax", "jaxlib", "equinox", "diffrax", "optax", "optimistix", "numpyro", "numpy", "xarray",
                  "pint")
 
@@ -94,9 +97,10 @@ def _model_section(twin: Twin) -> tuple[dict, dict[str, np.ndarray]]:
     if isinstance(kinetics, HybridKinetics):
         spec = dataclasses.asdict(kinetics.spec)
         spec["additive_scale"] = dict(kinetics.spec.additive_scale)
+        spec["covariate_kinds"] = dict(kinetics.spec.covariate_kinds)
         leaves = jax.tree_util.tree_leaves(kinetics.residual)
         arrays = {f"residual_{i:03d}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
-        residual = {"spec": spec, "n_arrays": len(leaves)}
+        residual = {"spec": spec, "n_arrays": len(leaves), "covariates": kinetics.encoding.to_json()}
         kinetics = kinetics.core
     units = {p.name: p.unit for p in kinetics.parameters}
     section = {"model": _model_name(kinetics), "options": _options(kinetics),
@@ -198,14 +202,15 @@ def load_twin(path: str | os.PathLike) -> Twin:
         if section.get("residual"):
             spec_dict = dict(section["residual"]["spec"])
             spec = ResidualSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec_dict.items()})
-            kinetics = hybrid(kinetics, spec)
+            encoding = CovariateEncoding.from_json(section["residual"].get("covariates"))  # none before schema 2
+            kinetics = hybrid(kinetics, spec, encoding=encoding)
             with np.load(_io.BytesIO(array_bytes), allow_pickle=False) as stored:
                 leaves = [stored[f"residual_{i:03d}"] for i in range(section["residual"]["n_arrays"])]
             like_leaves, treedef = jax.tree_util.tree_flatten(kinetics.residual)
             if [np.shape(x) for x in like_leaves] != [x.shape for x in leaves]:
                 _fail(folder, "residual weights do not match its specification")
             residual = jax.tree_util.tree_unflatten(treedef, [jax.numpy.asarray(x) for x in leaves])
-            kinetics = HybridKinetics(core=kinetics.core, residual=residual, spec=spec)
+            kinetics = HybridKinetics(core=kinetics.core, residual=residual, spec=spec, encoding=kinetics.encoding)
         noise = {k: (v["sigma_abs"], v["sigma_rel"]) for k, v in section.get("noise", {}).items()}
         return Twin(kinetics, params, noise)
     except ArtifactError:

@@ -45,6 +45,8 @@ def predict(twin: Twin, data, times=None, *, batches: Sequence[str] | None = Non
         seed: random seed of the draw selection, new batch effects and noise.
         groups: batch -> group level (the posterior's grouping covariate) for batches of a campaign without it, or
             of protocols; a campaign's own batch metadata is used otherwise.
+        simulate_kwargs: passed to `cgt_twin.simulate.simulate` (``settings``, ``initial_states``, ``covariates`` —
+            the batch covariates a residual sees, for protocols or to override a campaign's).
 
     Returns:
         Dataset with dims ``(statistic, batch, time, phase)`` (statistic = mean, q05, q95) for every observed
@@ -90,7 +92,8 @@ def _predict_posterior(twin, data, times, batches, quantiles, posterior, band, n
         raise CampaignValidationError(Problem("posterior", f"the posterior samples {missing}, which this twin "
                                                            "does not have: it belongs to another model"))
     settings = simulate_kwargs.get("settings")
-    prepared = prepare(twin, data, times, batches=batches, initial_states=simulate_kwargs.get("initial_states"))
+    prepared = prepare(twin, data, times, batches=batches, initial_states=simulate_kwargs.get("initial_states"),
+                       covariates=simulate_kwargs.get("covariates"))
     point = predict(twin, prepared, quantiles=quantiles, settings=settings)
     if not prepared.names:
         return point

@@ -32,6 +32,7 @@ from .data.campaign import Campaign
 from .data.errors import CampaignValidationError, Problem
 from .data.protocol import EventKind, Protocol
 from .models.balance import EventCode, apply_event, vector_field
+from .models.covariates import UnseenCovariateWarning
 from .models.kinetics import AbstractKinetics, Inputs
 from .models.twin import Twin
 
@@ -94,6 +95,7 @@ class EncodedBatch(NamedTuple):
     pre_index: np.ndarray  # (G,) segment giving the pre value; -1 = initial state
     post_index: np.ndarray  # (G,) segment giving the post value
     valid: np.ndarray  # (G,) grid time within the batch's span
+    covariates: np.ndarray = np.zeros(0)  # (n_covariates,) the batch's encoded covariates (dimensionless, O(1))
 
 
 def _round_up(n: int, multiple: int = 8) -> int:
@@ -260,7 +262,7 @@ def _solve_one(kinetics: AbstractKinetics, settings: SolverSettings, params, enc
         return (end, inputs, dt), (z, end, sol.result._value, steps)
 
     xs = (enc.t0, enc.t1, enc.code, enc.amount, enc.conc)
-    carry0 = (z0, Inputs.initial(len(kinetics.species)), jnp.asarray(0.1))
+    carry0 = (z0, Inputs.initial(len(kinetics.species), covariates=enc.covariates), jnp.asarray(0.1))
     _, (starts, ends, results, steps) = jax.lax.scan(step, carry0, xs)
     n_segments = enc.t0.shape[0]
     pre = jnp.where((enc.pre_index >= 0)[:, None], ends[jnp.maximum(enc.pre_index, 0)], z0) * scale
@@ -353,7 +355,7 @@ class Prepared(NamedTuple):
         grid: the output times, h (unpadded).
         encoded: the stacked, padded protocols (JAX arrays with a leading batch axis).
         skipped: batch -> why it was not simulated.
-        notes: events the model ignores, per batch.
+        notes: events the model ignores and covariate levels it has not seen, per batch.
         grid_index: where each batch's own output times sit in `grid` (a campaign's batches are solved at their own
             measurement times only, then placed on the common grid).
     """
@@ -370,12 +372,21 @@ class Prepared(NamedTuple):
 def prepare(model: Twin | AbstractKinetics, data: Campaign | Protocol | Mapping[str, Protocol],
             times: Sequence[float] | np.ndarray | None = None, *,
             initial_states: Mapping[str, Mapping[str, float]] | Mapping[str, float] | None = None,
-            batches: Sequence[str] | None = None) -> Prepared:
+            batches: Sequence[str] | None = None,
+            covariates: Mapping[str, Mapping[str, object]] | Mapping[str, object] | None = None) -> Prepared:
     """Checks and encodes what `simulate` will solve (see `simulate` for the arguments). Fitting and sampling call
     this once and then solve many times with other parameters."""
     twin = _as_twin(model)
     kinetics = twin.kinetics
     protocols, states, skipped, notes = _collect(kinetics, data, initial_states, batches)
+    encoding = kinetics.covariate_encoding
+    covariate_vectors: dict[str, np.ndarray] = {}
+    if encoding.names and protocols:
+        covariate_vectors, covariate_notes = encoding.encode(_covariate_rows(data, tuple(protocols), covariates,
+                                                                             encoding.names))
+        notes = [*notes, *covariate_notes]
+        for note in covariate_notes:
+            warnings.warn(note, UnseenCovariateWarning, stacklevel=2)
     explicit_times = times
     if times is None:
         if isinstance(data, Campaign):
@@ -403,11 +414,31 @@ def prepare(model: Twin | AbstractKinetics, data: Campaign | Protocol | Mapping[
         y0 = np.asarray([states[name][s] for s in kinetics.layout.names], dtype=np.float64)
         enc, ignored = encode(kinetics, protocols[name], y0, own_grids[name], ends[name], n_segments, name, n_grid,
                               rows[name])
+        if name in covariate_vectors:
+            enc = enc._replace(covariates=covariate_vectors[name])
         encoded.append(enc)
         grid_index[i, : own_grids[name].size] = np.searchsorted(grid, own_grids[name])
         notes += [f"batch {name}: {note}" for note in ignored]
     stacked = EncodedBatch(*(jnp.asarray(np.stack(field)) for field in zip(*encoded, strict=True)))
     return Prepared(twin, names, grid, stacked, skipped, notes, grid_index)
+
+
+def _covariate_rows(data, names: Sequence[str], overrides, wanted: Sequence[str]) -> dict[str, dict[str, object]]:
+    """batch -> covariate -> raw value: a campaign's batch metadata, overridden by `overrides` (batch -> covariate ->
+    value; for a single protocol, covariate -> value). Missing ones are left out (the encoding rejects them)."""
+    overrides = dict(overrides or {})
+    rows: dict[str, dict[str, object]] = {b: {} for b in names}
+    if isinstance(data, Campaign):
+        meta = data.batch_metadata()
+        for b in names:
+            rows[b].update({n: meta.loc[b, n] for n in wanted if n in meta.columns})
+    for b in names:
+        given = overrides if isinstance(data, Protocol) else overrides.get(b, {})
+        if not isinstance(given, Mapping):
+            raise CampaignValidationError(Problem("covariates", "give covariates as batch -> covariate -> value (a "
+                                                                "single protocol: covariate -> value)", batch=b))
+        rows[b].update({n: v for n, v in given.items() if n in wanted})
+    return rows
 
 
 def _scatter(values: np.ndarray, grid_index: np.ndarray, n_grid: int) -> np.ndarray:
@@ -445,7 +476,8 @@ def simulate(model: Twin | AbstractKinetics, data: Campaign | Protocol | Mapping
              initial_states: Mapping[str, Mapping[str, float]] | Mapping[str, float] | None = None,
              batches: Sequence[str] | None = None, settings: SolverSettings | None = None,
              params: Mapping | None = None,
-             batch_params: Mapping[str, Mapping[str, float]] | None = None) -> Trajectory:
+             batch_params: Mapping[str, Mapping[str, float]] | None = None,
+             covariates: Mapping[str, Mapping[str, object]] | Mapping[str, object] | None = None) -> Trajectory:
     """Simulates every batch's protocol from its initial state.
 
     Args:
@@ -459,6 +491,11 @@ def simulate(model: Twin | AbstractKinetics, data: Campaign | Protocol | Mapping
         settings: solver settings.
         params: parameter values overriding the twin's (a pytree; values may be JAX arrays, for gradients).
         batch_params: batch -> parameter values for that batch only (batch-to-batch variation).
+        covariates: batch covariates for a model whose neural residual sees them (`cgt_twin.hybrid.ResidualSpec`):
+            batch -> covariate -> value (clone, donor, a dose in its unit …); for one protocol, covariate -> value.
+            For a campaign they come from its batch metadata and these override them. Ignored by models without
+            covariates. A level not seen in training is the population input, noted in ``attrs["notes"]`` and warned
+            (`cgt_twin.models.covariates.UnseenCovariateWarning`).
 
     Returns:
         A `Trajectory`: dims ``(batch, time, phase)``; one data variable per state and per observed variable
@@ -466,12 +503,12 @@ def simulate(model: Twin | AbstractKinetics, data: Campaign | Protocol | Mapping
         batch; ``attrs["skipped"]`` lists batches that were not simulated and why (e.g. feeds not recorded).
 
     Raises:
-        CampaignValidationError: for a campaign of another cell type, unknown batches, or a protocol this model
-            cannot simulate.
+        CampaignValidationError: for a campaign of another cell type, unknown batches, a protocol this model
+            cannot simulate, or a batch without a covariate the model needs.
     """
     twin = _as_twin(model)
     prepared = data if isinstance(data, Prepared) else prepare(twin, data, times, initial_states=initial_states,
-                                                               batches=batches)
+                                                               batches=batches, covariates=covariates)
     kinetics = twin.kinetics
     settings = settings or SolverSettings()
     params = dict(twin.params) if params is None else \

@@ -133,7 +133,8 @@ def synthetic_campaign(model, protocols: Mapping[str, Protocol], *, sampling: Sa
         times[name] = sampling.sampling_times(end)
         sampled[name] = _with_samples(protocol, times[name], sampling.sample_volume_l)
     grid = np.unique(np.concatenate(list(times.values())))
-    trajectory = simulate(twin, sampled, grid, initial_states=initial_states, batch_params=batch_params)
+    trajectory = simulate(twin, sampled, grid, initial_states=initial_states, batch_params=batch_params,
+                          covariates=covariates)  # a plant whose residual sees covariates gets each batch's own
     failed = {b: s for b, s in zip(trajectory["batch"].values, trajectory["status"].values, strict=True) if s != "ok"}
     if failed:
         raise RuntimeError(f"the plant simulation failed for {failed}; no data were made from it")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..data.campaign import Campaign
 from ..data.errors import CampaignValidationError, Problem
-from ..hybrid import ResidualSpec, hybrid
+from ..hybrid import ResidualSpec, fit_covariate_encoding, hybrid
 from ..models.twin import Twin
 from .mechanistic import FitConfig, FitResult, fit_mechanistic
 from .training import TrainConfig, TrainResult, train_hybrid
@@ -73,8 +73,14 @@ def calibrate(twin: Twin, campaign: Campaign, config: CalibrationConfig | None =
         return Calibration(fitted, mechanistic, None, None)
     holdout = set(config.mechanistic.holdout)
     training_campaign = campaign.drop(holdout) if holdout else campaign
-    with_residual = Twin(hybrid(fitted.kinetics, config.residual, seed=config.mechanistic.seed), fitted.params,
-                         fitted.noise)
+    encoding = None
+    if config.residual.covariates:  # levels and scales of the batches the network trains on (not validation ones)
+        validation = set(config.training.validation)
+        encoding = fit_covariate_encoding(training_campaign, config.residual,
+                                          [b for b in training_campaign.batches if b not in validation
+                                           and training_campaign.protocols[b].feeds_known])
+    with_residual = Twin(hybrid(fitted.kinetics, config.residual, seed=config.mechanistic.seed, encoding=encoding),
+                         fitted.params, fitted.noise)
     training = train_hybrid(with_residual, training_campaign, fitted.noise,
                             dataclasses.replace(config.training, joint=False))
     result, joint = training.twin, None
@@ -90,7 +96,10 @@ def calibrate(twin: Twin, campaign: Campaign, config: CalibrationConfig | None =
 def read_calibration_config(path: str | Path | None, *, holdout: tuple[str, ...] = (),
                             hybrid_default: ResidualSpec | None = None) -> CalibrationConfig:
     """Reads ``fit.toml``: tables ``[mechanistic]`` (FitConfig fields), ``[residual]`` (ResidualSpec fields),
-    ``[training]`` (TrainConfig fields) and ``joint_steps``. Unknown keys are errors naming the file and key."""
+    ``[training]`` (TrainConfig fields) and ``joint_steps``. Unknown keys are errors naming the file and key.
+
+    With `hybrid_default`, a ``[residual]`` table changes only what it names: ``[residual]`` with just
+    ``covariates = ["clone"]`` is the default residual that also sees the clone."""
     raw: Mapping = {}
     if path is not None:
         try:
@@ -120,8 +129,11 @@ def read_calibration_config(path: str | Path | None, *, holdout: tuple[str, ...]
     residual_table = build(ResidualSpec, "residual") if "residual" in raw else None
     if problems:
         raise CampaignValidationError(problems, header="invalid calibration config")
-    residual = ResidualSpec(**residual_table) if residual_table else hybrid_default
     try:
+        if residual_table and hybrid_default is not None:
+            residual = dataclasses.replace(hybrid_default, **residual_table)
+        else:
+            residual = ResidualSpec(**residual_table) if residual_table else hybrid_default
         return CalibrationConfig(FitConfig(**mechanistic), residual, TrainConfig(**training),
                                  int(raw.get("joint_steps", 0)))
     except TypeError as exc:

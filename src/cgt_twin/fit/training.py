@@ -152,11 +152,15 @@ def train_hybrid(twin: Twin, campaign: Campaign, noise: Mapping[str, tuple[float
     def validation_loss(trainable):
         return jnp.sum(_batch_losses(kinetics, trainable, fixed, problems_data["validation"], static))
 
+    spec = dataclasses.asdict(kinetics.spec)
+    if not kinetics.spec.covariates:  # as before covariates existed: older checkpoints still resume
+        spec = {k: v for k, v in spec.items() if k not in ("covariates", "covariate_kinds")}
+    else:
+        spec["encoding"] = kinetics.encoding.to_json()
     key = fingerprint({"variables": variables, "train": train_batches, "validation": list(config.validation),
                        "config": {k: v for k, v in dataclasses.asdict(config).items()
                                   if k not in ("steps", "progress", "checkpoint_dir", "checkpoint_every")},
-                       "spec": dataclasses.asdict(kinetics.spec), "params": {k: float(v) for k, v in
-                                                                              base_params.items()}})
+                       "spec": spec, "params": {k: float(v) for k, v in base_params.items()}})
     history: list[dict] = []
     first_step, resumed = 0, None
     state = {"trainable": trainable, "opt_state": opt_state, "best": trainable}

@@ -22,6 +22,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from ..data.variables import CANONICAL_VARIABLES
+from .covariates import CovariateEncoding
 from .parameters import Parameter
 
 __all__ = ["AbstractKinetics", "Rates", "Inputs", "InternalState", "StateLayout", "INTERNAL_KINDS"]
@@ -70,6 +71,9 @@ class Inputs(NamedTuple):
         last_feed_time: time of the last bolus feed, h (−1 before any).
         transfection_time: time of the transfection, h (−1 before it).
         stimulus_time: time the stimulus was last changed, h (−1 never).
+        covariates: the batch's covariates encoded for the network (`cgt_twin.models.covariates.CovariateEncoding`:
+            one-hot levels and scaled numbers, dimensionless, O(1)); constant over a batch, zero-length for a model
+            without covariates.
     """
 
     feed_rate: Float[Array, ""]
@@ -84,12 +88,18 @@ class Inputs(NamedTuple):
     last_feed_time: Float[Array, ""]
     transfection_time: Float[Array, ""]
     stimulus_time: Float[Array, ""]
+    covariates: Float[Array, " covariates"] = np.zeros(0)
 
     @classmethod
-    def initial(cls, n_species: int, temperature: float = 37.0, ph: float = 7.0, do: float = 50.0) -> Inputs:
+    def initial(cls, n_species: int, temperature: float = 37.0, ph: float = 7.0, do: float = 50.0,
+                covariates: Float[Array, " covariates"] | None = None) -> Inputs:
+        """The inputs at inoculation: nothing fed, set-points as given (degC, pH, % air saturation), no event yet, and
+        the batch's encoded `covariates` (default: none, a zero-length vector)."""
         zero = jnp.asarray(0.0)
+        covariates = jnp.zeros(0) if covariates is None else jnp.asarray(covariates, dtype=jnp.float64)
         return cls(zero, jnp.zeros(n_species), zero, jnp.zeros(n_species), zero, jnp.asarray(temperature),
-                   jnp.asarray(ph), jnp.asarray(do), zero, jnp.asarray(-1.0), jnp.asarray(-1.0), jnp.asarray(-1.0))
+                   jnp.asarray(ph), jnp.asarray(do), zero, jnp.asarray(-1.0), jnp.asarray(-1.0), jnp.asarray(-1.0),
+                   covariates)
 
 
 class Rates(NamedTuple):
@@ -233,3 +243,9 @@ class AbstractKinetics(eqx.Module):
     @property
     def parameter_names(self) -> tuple[str, ...]:
         return tuple(p.name for p in self.parameters)
+
+    @property
+    def covariate_encoding(self) -> CovariateEncoding:
+        """How batch covariates reach `Inputs.covariates` (`cgt_twin.simulate.prepare` encodes each batch with it).
+        Default: none; a `cgt_twin.hybrid.HybridKinetics` whose residual sees covariates returns its encoding."""
+        return CovariateEncoding.empty()
