@@ -245,3 +245,28 @@ def test_bad_settings_and_state_are_rejected(twin):
         predictor.update(pd.DataFrame({"t": [1.0]}))
     with pytest.raises(CampaignValidationError, match="band"):
         predictor.forecast(band="both")
+
+
+def test_a_hybrid_that_sees_batch_covariates_gets_the_batch_s_own(twin):
+    """The clone reaches the network through the predictor's inputs: with perturbed last-layer weights two clones
+    forecast differently; a missing clone is rejected before anything runs."""
+    import equinox as eqx
+
+    from cgt_twin.hybrid import ResidualSpec, hybrid
+    from cgt_twin.models.covariates import CovariateEncoding
+
+    spec = ResidualSpec(targets=("growth",), features=("glucose",), covariates=("clone",),
+                        covariate_kinds={"clone": "categorical"}, hidden=(4,))
+    encoding = CovariateEncoding.fit({"a": {"clone": "A"}, "b": {"clone": "B"}}, ["clone"], {"clone": "categorical"})
+    kinetics = hybrid(CHOFedBatch(), spec, encoding=encoding)
+    last = kinetics.residual.layers[-1]
+    kinetics = eqx.tree_at(lambda k: k.residual.layers[-1].weight, kinetics, last.weight + 0.5)
+    model = Twin(kinetics, noise=NOISE)
+    predictor = _predictor(model)
+    with pytest.raises(CampaignValidationError, match="clone"):
+        predictor.start(_protocol(), INITIAL)
+    forecasts = {}
+    for clone in ("A", "B"):
+        predictor.start(_protocol(), INITIAL, covariates={"clone": clone})
+        forecasts[clone] = predictor.forecast(horizon_h=48.0)["vcd"].sel(statistic="mean").values
+    assert abs(forecasts["A"][-1] - forecasts["B"][-1]) > 1e-3 * forecasts["A"][-1]

@@ -40,8 +40,8 @@ import pandas as pd
 import scipy.optimize
 
 from ..data.errors import CampaignValidationError, Problem
-from ..data.tables import EVENT_COLUMNS
 from ..data.protocol import Event, EventKind, Protocol
+from ..data.tables import EVENT_COLUMNS
 from ..models.balance import EventCode
 from ..models.twin import Twin
 from ..simulate import SolverSettings
@@ -346,7 +346,9 @@ class FeedingController:
              inputs=None) -> Plan:
         """Plans from explicit draws: `states` (draws, state) at `time_h` (pre-event values there) and `params`
         name -> (draws,); `protocol` is the batch's recorded protocol (its future boluses of the controlled medium
-        are replaced by the plan)."""
+        are replaced by the plan). `inputs` (`cgt_twin.models.kinetics.Inputs`) in force at `time_h` default to
+        those the protocol's events set; a twin whose residual sees batch covariates needs them given (as
+        `Predictor.current_inputs` does)."""
         call = self._setup(time_h, states, params, protocol, inputs)
         if not len(call.future):
             return self._finish(call, np.zeros(0), "converged", 0)
@@ -381,6 +383,9 @@ class FeedingController:
                                                           and e.time_h >= time_h - 1e-9))
         rows = event_rows(kinetics, dataclasses.replace(protocol, events=kept))
         if inputs is None:
+            if kinetics.covariate_encoding.names:
+                raise CampaignValidationError(Problem("mpc", "this twin's residual sees batch covariates: pass the "
+                                                             "inputs with the batch's covariates (or use step)"))
             inputs = inputs_at(kinetics, rows, time_h, self.twin.params)
         conc = np.asarray([protocol.media[config.medium].concentrations.get(s, 0.0) for s in kinetics.species])
         decision_rows = [(t, EventCode.BOLUS_MEDIUM, 0.0, conc) for t in future]

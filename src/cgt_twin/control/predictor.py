@@ -244,7 +244,9 @@ class Predictor:
         state = kinetics.default_initial_state()
         protocol = Protocol(float(state["volume"]))
         saved = (self._protocol, self._initial, self._start_h)
-        self.start(protocol, state)
+        encoding = kinetics.covariate_encoding
+        self._begin(protocol, {**state, "volume": float(state["volume"])}, 0.0,
+                    np.zeros(encoding.size) if encoding.names else None)
         self._assimilate_group(self._snapshots[-1], 1.0, np.ones(len(self.variables)),
                                np.ones(len(self.variables), dtype=bool))
         self.forecast()
@@ -255,9 +257,10 @@ class Predictor:
 
     # -- the running batch ---------------------------------------------------------------------------------------------
     def start(self, protocol: Protocol, initial_state: Mapping[str, float] | None = None, *,
-              time_h: float = 0.0) -> None:
+              time_h: float = 0.0, covariates: Mapping[str, object] | None = None) -> None:
         """Starts (or restarts) a batch: its protocol so far and its initial state at `time_h` (canonical units;
-        states not given take the model's default, noted in `notes`; volume from the protocol)."""
+        states not given take the model's default, noted in `notes`; volume from the protocol). `covariates`
+        (clone, donor, …) are needed when the twin's neural residual sees them."""
         kinetics = self.twin.kinetics
         names = kinetics.layout.names
         state = kinetics.default_initial_state()
@@ -272,23 +275,29 @@ class Predictor:
             problems.append(Problem("initial state", f"time_h must be finite and >= 0, got {time_h!r}"))
         if problems:
             raise CampaignValidationError(problems)
+        encoding = kinetics.covariate_encoding
+        vector = encoding.vector(dict(covariates or {}), batch="running") if encoding.names else None
         self.notes = list(self._base_notes)
         defaulted = sorted(set(names) - set(given) - {"volume"})
         if defaulted:
             self.notes.append(f"initial state: model defaults for {', '.join(defaulted)}")
         state.update({k: float(v) for k, v in given.items()})
         state["volume"] = float(given.get("volume", protocol.initial_volume))
+        self._begin(protocol, state, time_h, vector)
+
+    def _begin(self, protocol: Protocol, state: dict[str, float], time_h: float, vector) -> None:
+        """Sets the batch up from a checked initial state: particles (spread around it), inputs, first snapshot."""
+        kinetics = self.twin.kinetics
         self._protocol = protocol
         self._start_h = float(time_h)
-        self._initial = state
+        self._initial = dict(state)
         self._groups, self._accepted = [], set()
         rng = np.random.default_rng(self.settings.seed)
         n = self.settings.n_particles
-        y0 = np.asarray([state[s] for s in names], dtype=np.float64)
+        y0 = np.asarray([state[s] for s in kinetics.layout.names], dtype=np.float64)
         spread = kinetics.layout.mask(("cells", "species")) * self.settings.initial_spread
         y = y0[None, :] * np.exp(spread[None, :] * rng.standard_normal((n, y0.size)))
-        rows = event_rows(kinetics, protocol)
-        inputs = inputs_at(kinetics, rows, time_h, self.twin.params)
+        inputs = inputs_at(kinetics, event_rows(kinetics, protocol), time_h, self.twin.params, vector)
         self._snapshots = [_Snapshot(self._start_h, y, dict(self._base_params), np.zeros(n),
                                      tuple(np.asarray(a) for a in inputs))]
 
@@ -301,7 +310,10 @@ class Predictor:
             raise CampaignValidationError(Problem("batch", f"no batch {batch!r}; batches: "
                                                            f"{', '.join(campaign.batches)}"))
         state, _ = initial_state(self.twin.kinetics, campaign, batch)
-        self.start(campaign.protocols[batch], state)
+        names = self.twin.kinetics.covariate_encoding.names
+        meta = campaign.batch_metadata()
+        covariates = {n: meta.loc[batch, n] for n in names if n in meta.columns}
+        self.start(campaign.protocols[batch], state, covariates=covariates)
         long = campaign.to_dataframe("long")
         long = long[(long["batch"] == batch) & (long["time_h"] > 0) & (long["phase"] == "pre")]
         if "censored" in long.columns:

@@ -88,10 +88,12 @@ def segments(kinetics: AbstractKinetics, rows: Sequence[tuple], start_h: float, 
     return Segments(t0, t1, code, amount, conc, valid)
 
 
-def inputs_at(kinetics: AbstractKinetics, rows: Sequence[tuple], time_h: float, params) -> Inputs:
+def inputs_at(kinetics: AbstractKinetics, rows: Sequence[tuple], time_h: float, params,
+              covariates: np.ndarray | None = None) -> Inputs:
     """The inputs (rates, set-points, event times) in force just before `time_h`: every rate-type event before it
-    applied in order to `Inputs.initial` (state jumps are not needed for inputs)."""
-    inputs = Inputs.initial(len(kinetics.species))
+    applied in order to `Inputs.initial` (state jumps are not needed for inputs), with the batch's encoded
+    `covariates` (`cgt_twin.models.covariates.CovariateEncoding.vector`) for a residual that sees them."""
+    inputs = Inputs.initial(len(kinetics.species), covariates=covariates)
     y = jnp.ones(kinetics.layout.size)
     for t, code, amount, conc in rows:
         if t >= time_h - 1e-9:
