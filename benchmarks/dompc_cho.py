@@ -166,12 +166,17 @@ class DoMPCFeeding:
         batch_days: batch length, days (harvest at 24·batch_days h; boluses on days 1..batch_days − 1).
         scenarios: None for nominal MPC, or parameter name -> values; every combination is one scenario of the
             multi-stage MPC (robust horizon 1), e.g. ``{"mu_max": [a, b, c], "q_p": [d, e, f]}`` -> 9 scenarios.
+        objective: ``"product"`` (titre·V at the end, mg) or ``"titer"`` (final titre, mg/L), minus the feed cost
+            (the JAX controller's ``{"product": 1}`` and ``{"titer": 1}`` objectives).
     """
 
     def __init__(self, params: dict[str, float] | None = None, *, feed_conc: dict[str, float],
                  u_max: float, max_volume: float, glucose_min: float = 2.0, feed_cost: float = 0.0,
                  horizon_days: int = 14, batch_days: int = 14,
-                 scenarios: dict[str, list[float]] | None = None):
+                 scenarios: dict[str, list[float]] | None = None, objective: str = "product"):
+        if objective not in ("product", "titer"):
+            raise ValueError(f"objective must be 'product' or 'titer', got {objective!r}")
+        self.objective = objective
         defaults = default_params()
         unknown = set(params or {}) - set(defaults)
         if unknown:
@@ -234,7 +239,7 @@ class DoMPCFeeding:
             settings.store_lagr_multiplier = False
             settings.store_solver_stats = []
             settings.nlpsol_opts.update(IPOPT_OPTIONS)
-            harvest = model.x["titer"] * model.x["volume"]
+            harvest = model.x["titer"] * (model.x["volume"] if self.objective == "product" else 1.0)
             mpc.set_objective(mterm=-OBJECTIVE_SCALE * harvest,
                               lterm=OBJECTIVE_SCALE * self.feed_cost * model.u["bolus"])
             mpc.set_rterm(bolus=0.0)  # no move penalty (also keeps do-mpc from warning and sleeping)
@@ -310,7 +315,7 @@ class DoMPCFeeding:
                         for s in range(n_tree)] for k in range(n + 1)])  # (n+1, scenarios, states)
         us = np.array([[float(mpc.opt_x_num_unscaled["_u", k, s if k > 0 else 0]) for s in range(n_tree)]
                        for k in range(n)])
-        harvest = xs[-1, :, _IX["titer"]] * xs[-1, :, _IX["volume"]]
+        harvest = xs[-1, :, _IX["titer"]] * (xs[-1, :, _IX["volume"]] if self.objective == "product" else 1.0)
         stats = {
             "solve_s": solve_s,
             "setup_s": 0.0 if cached else self.setup_seconds[n],

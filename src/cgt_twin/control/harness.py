@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time as _time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -147,13 +147,16 @@ def _advance(kinetics, params, y, inputs, protocol: Protocol, start: float, end:
 
 
 def run_closed_loop(plant: Plant, scenario: Scenario, twin: Twin, posterior=None, *, strategy: str = "standard",
-                    config: MPCConfig | None = None, plant_seed: int = 0,
-                    predictor_settings: PredictorSettings | None = None,
+                    config: MPCConfig | None = None, policy: Callable[[Predictor, float], float] | None = None,
+                    plant_seed: int = 0, predictor_settings: PredictorSettings | None = None,
                     limits: Mapping[str, float] | None = None) -> LoopResult:
     """One batch under one strategy: ``config`` None runs the standard schedule, an `MPCConfig` runs MPC with a
     `Predictor` (particle filter over the posterior's draws) on the delayed, noisy measurements.
 
     Args:
+        policy: any other controller, ``policy(predictor, time_h) -> bolus volume (L)``, called at each decision
+            with the same predictor (e.g. another MPC implementation, for a comparison); its volume is clipped to
+            the vessel's headroom like a plant's interlock would.
         limits: the constraints violations are counted against (default: the MPC config's glucose_min,
             lactate_max, ammonia_max, or glucose_min = 2 mM).
     """
@@ -172,12 +175,13 @@ def run_closed_loop(plant: Plant, scenario: Scenario, twin: Twin, posterior=None
     inputs = jax.tree_util.tree_map(jnp.asarray, Inputs.initial(len(kinetics.species)))
     jitter_mask = kinetics.layout.mask(("cells", "species")) & ~np.isin(np.asarray(names), ["titer"])
     predictor = controller = None
-    if config is not None:
+    if config is not None or policy is not None:
         predictor = Predictor(twin, posterior, predictor_settings or PredictorSettings(n_particles=256))
         initial_measured = {k: v for k, v in scenario.initial_state.items() if k in twin.kinetics.layout.names}
         predictor.start(protocol, initial_measured)
-        controller = FeedingController(twin, dataclasses.replace(config, medium=scenario.medium,
-                                                                 decision_times_h=tuple(decisions), end_h=end))
+        if config is not None:
+            controller = FeedingController(twin, dataclasses.replace(config, medium=scenario.medium,
+                                                                     decision_times_h=tuple(decisions), end_h=end))
     pending: list[tuple[float, list[tuple[float, str, float]]]] = []  # (delivery time, rows)
     times_all, states_all = [np.asarray([0.0])], [y[None]]
     boluses, fallbacks, call_seconds, recorded = [], 0, [], []
@@ -205,7 +209,13 @@ def run_closed_loop(plant: Plant, scenario: Scenario, twin: Twin, posterior=None
         k = next((i for i, t in enumerate(decisions) if math.isclose(t, stop)), None)
         if k is None:
             continue
-        if controller is None:
+        if policy is not None:
+            started = _time.perf_counter()
+            volume = float(policy(predictor, stop))
+            call_seconds.append(_time.perf_counter() - started)
+            room = np.inf if protocol.max_volume is None else protocol.max_volume - float(y[-1])
+            volume = float(np.clip(volume if np.isfinite(volume) else 0.0, 0.0, max(room, 0.0)))
+        elif controller is None:
             volume = scenario.standard_boluses_l[k]
         else:
             plan = controller.step(predictor)
@@ -249,15 +259,20 @@ def run_closed_loop(plant: Plant, scenario: Scenario, twin: Twin, posterior=None
 
 
 def compare_strategies(plant: Plant, scenario: Scenario, twin: Twin, posterior=None, *,
-                       strategies: Mapping[str, MPCConfig | None], plant_seeds: Sequence[int] = (0, 1, 2),
-                       predictor_settings: PredictorSettings | None = None, progress: bool = True) -> pd.DataFrame:
+                       strategies: Mapping[str, MPCConfig | Callable | None], plant_seeds: Sequence[int] = (0, 1, 2),
+                       predictor_settings: PredictorSettings | None = None, progress: bool = True,
+                       objective: str = "product", feed_cost: float = 0.0) -> pd.DataFrame:
     """Every strategy on every plant draw (the same draws for all strategies): one row per run with the
-    `LoopResult` figures. A strategy's config None is the standard schedule."""
+    `LoopResult` figures and the closed-loop objective, the true ``product_mg`` (``objective="product"``) or
+    ``final_titer`` (``"titer"``) minus ``feed_cost·feed_l``. A strategy is None (the standard schedule), an
+    `MPCConfig` (our MPC) or a policy callable (see `run_closed_loop`)."""
+    if objective not in ("product", "titer"):
+        raise ValueError(f"objective must be 'product' or 'titer', got {objective!r}")
     from tqdm.auto import tqdm
 
     limits = None
     for config in strategies.values():
-        if config is not None:
+        if isinstance(config, MPCConfig):
             limits = {k: getattr(config, k) for k in ("glucose_min", "lactate_max", "ammonia_max")
                       if getattr(config, k) is not None}
             break
@@ -265,11 +280,15 @@ def compare_strategies(plant: Plant, scenario: Scenario, twin: Twin, posterior=N
     rows = []
     for name, config, seed in tqdm(runs, desc="closed loop", disable=not progress):
         started = _time.perf_counter()
-        result = run_closed_loop(plant, scenario, twin, posterior, strategy=name, config=config, plant_seed=seed,
-                                 predictor_settings=predictor_settings, limits=limits)
+        policy = config if callable(config) and not isinstance(config, MPCConfig) else None
+        result = run_closed_loop(plant, scenario, twin, posterior, strategy=name,
+                                 config=config if isinstance(config, MPCConfig) else None, policy=policy,
+                                 plant_seed=seed, predictor_settings=predictor_settings, limits=limits)
         rows.append({"strategy": name, "plant_seed": seed, "final_titer": result.final_titer,
                      "product_mg": result.product_mg, "feed_l": result.feed_l,
                      "violation_hours": result.violation_hours, "min_glucose": result.min_glucose,
+                     "objective": (result.product_mg if objective == "product" else result.final_titer)
+                     - feed_cost * result.feed_l,
                      "fallbacks": result.fallbacks, "call_seconds": result.call_seconds,
                      "run_seconds": _time.perf_counter() - started})
     return pd.DataFrame(rows)
