@@ -359,8 +359,8 @@ class FeedingController:
         """A given plan's ``(objective, penalty, gradient of objective - config.penalty·penalty per decision)``
         for the same draws as `plan` (for checks and what-if questions; `volumes` one per future decision)."""
         call = self._setup(time_h, states, params, protocol, inputs)
-        values, grads = _value_and_grad(call.problem, _full(np.asarray(volumes, dtype=np.float64), call.dyn),
-                                        _arrays(call.dyn), jnp.asarray(call.volume_limit))
+        values, grads, _ = _value_and_grad(call.problem, _full(np.asarray(volumes, dtype=np.float64), call.dyn),
+                                           _arrays(call.dyn), jnp.asarray(call.volume_limit))
         values, grads = np.asarray(values), np.asarray(grads)[:, call.dyn["active"]]
         return float(values[0]), float(values[1]), grads[0] - self.config.penalty * grads[1]
 
@@ -458,8 +458,8 @@ class FeedingController:
                                                          and elapsed + last_seconds > config.time_budget_s):
                 raise _Stop
             t0 = _time.perf_counter()
-            values, grads = _value_and_grad(problem, _full(x * u_max, dyn), _arrays(dyn),
-                                            jnp.asarray(call.volume_limit))
+            values, grads, predictions = _value_and_grad(problem, _full(x * u_max, dyn), _arrays(dyn),
+                                                         jnp.asarray(call.volume_limit))
             values = np.asarray(values)
             grads = np.asarray(grads)[:, dyn["active"]] * u_max  # d/dx = d/du · u_max, for the future decisions
             evaluations += 1
@@ -475,6 +475,7 @@ class FeedingController:
                 best["f0"] = float(f)
             if f < best["f"]:
                 best["f"], best["x"] = float(f), np.asarray(x, dtype=np.float64).copy()
+                best["report"] = (predictions, float(values[0]))
             return float(f), g
 
         bounds = [(config.bolus_min_l / u_max, 1.0)] * len(call.future)
@@ -498,13 +499,21 @@ class FeedingController:
             status = (f"fallback: no finite plan within the budget ({evaluations} evaluations, "
                       f"{_time.perf_counter() - started:.3f} s); using {call.why_fallback}")
         volumes = call.fallback if status.startswith("fallback") else best["x"] * u_max
-        return self._finish(call, self._project(volumes, call), status, evaluations)
+        projected = self._project(volumes, call)
+        reuse = None
+        if not status.startswith("fallback") and np.allclose(projected, volumes, rtol=0, atol=1e-15):
+            reuse = best["report"]  # the best evaluation's own predictions: no extra solve
+        return self._finish(call, projected, status, evaluations, reuse)
 
-    def _finish(self, call: _Call, volumes: np.ndarray, status: str, evaluations: int) -> Plan:
-        """Evaluates the final plan once (predictions for plots, constraint probabilities) and remembers it."""
+    def _finish(self, call: _Call, volumes: np.ndarray, status: str, evaluations: int, reuse=None) -> Plan:
+        """Evaluates the final plan (predictions for plots, constraint probabilities; reusing the optimiser's last
+        solve of it when given) and remembers it."""
         config = self.config
         future, dyn = call.future, call.dyn
-        observed, ok, objective = _evaluate(call.problem, _full(volumes, dyn), _arrays(dyn))
+        if reuse is not None:
+            (observed, ok), objective = reuse
+        else:
+            observed, ok, objective = _evaluate(call.problem, _full(volumes, dyn), _arrays(dyn))
         observed, ok = np.asarray(observed), np.asarray(ok)
         table = dyn["table"]
         valid = np.asarray(table.valid)
@@ -612,16 +621,17 @@ def _terms(problem: _Problem, u, dyn, volume_limit, observed, ok):
 
 @eqx.filter_jit
 def _value_and_grad(problem: _Problem, u, dyn, volume_limit):
-    """Objective and penalty, ``values (2,)``, and their gradients wrt the bolus volumes, ``(2, decisions)`` (reverse
-    mode through the solver: one forward solve, two backward passes)."""
+    """Objective and penalty, ``values (2,)``, their gradients wrt the bolus volumes, ``(2, decisions)`` (reverse
+    mode through the solver: one forward solve, two backward passes), and the forward solve's predictions
+    ``(observed, ok)`` (kept so that the plan's report needs no extra solve)."""
 
     def both(v):
         observed, ok = _simulate_plan(problem, v, dyn)
-        return jnp.stack(_terms(problem, v, dyn, volume_limit, observed, ok))
+        return jnp.stack(_terms(problem, v, dyn, volume_limit, observed, ok)), (observed, ok)
 
-    values, vjp = jax.vjp(both, u)
+    values, vjp, predictions = jax.vjp(both, u, has_aux=True)
     grads = jnp.stack([vjp(jnp.asarray([1.0, 0.0]))[0], vjp(jnp.asarray([0.0, 1.0]))[0]])
-    return values, grads
+    return values, grads, predictions
 
 
 @eqx.filter_jit
