@@ -228,51 +228,65 @@ def segments_needed(kinetics: AbstractKinetics, protocol: Protocol, grid: np.nda
     return 2 + sum(1 for r in rows if r[0] <= t_end) + len(extra)
 
 
-def _solve_one(kinetics: AbstractKinetics, settings: SolverSettings, params, enc: EncodedBatch):
-    """Solves one encoded batch: returns (pre (G, n), post (G, n), status code, accepted steps).
+def scan_segments(kinetics: AbstractKinetics, settings: SolverSettings, params, y0, inputs: Inputs, t0, t1, code,
+                  amount, conc, dt0: float = 0.1):
+    """The segmented solve, shared by simulation and control: segment i applies its event at ``t0[i]``
+    (`cgt_twin.models.balance.apply_event`), then integrates to ``t1[i]``, from state `y0` and `inputs`.
 
     The scan body is kept to the event jump and the solve: on CPU every extra small operation inside the loop costs a
     kernel launch per segment (and saving at many times inside a solve costs more than a segment boundary), so each
-    solve saves only its end, and the pre/post selection, the failure poisoning and the checks happen once, after the
-    scan. Each segment starts with the step size the previous one ended with.
+    solve saves only its end, and any selection or check happens after the scan. Each segment starts with the step
+    size the previous one ended with (the first with `dt0`, h).
+
+    Returns:
+        ``(starts, ends, codes, steps, inputs_end)``: the state right after each event and at each segment's end
+        (segment, state; canonical units), a status code per segment (a diffrax result, or `NONFINITE_STATE`), the
+        accepted steps per segment, and the inputs after the last event.
     """
     scale = jnp.asarray(kinetics.state_scales())
     solver = settings.make_solver(kinetics)
     controller = dfx.PIDController(rtol=settings.rtol, atol=settings.atol)
     adjoint = settings.make_adjoint()
-
-    def field(t, z, inputs):
-        return vector_field(kinetics, t, z * scale, inputs, params) / scale
-
-    term = dfx.ODETerm(field)
-    z0 = jnp.asarray(enc.y0) / scale
+    term = dfx.ODETerm(lambda t, z, u: vector_field(kinetics, t, z * scale, u, params) / scale)
 
     def step(carry, xs):
-        z, inputs, dt = carry
-        t0, t1, code, amount, conc = xs
-        y, inputs = apply_event(kinetics, t0, z * scale, inputs, code, amount, conc, params)
+        z, u, dt = carry
+        start, end, event, size, medium = xs
+        y, u = apply_event(kinetics, start, z * scale, u, event, size, medium, params)
         z = y / scale
-        length = t1 - t0
-        sol = dfx.diffeqsolve(term, solver, t0, t1, jnp.clip(dt, 1e-6, jnp.maximum(length, 1e-6)), z, args=inputs,
+        length = end - start
+        sol = dfx.diffeqsolve(term, solver, start, end, jnp.clip(dt, 1e-6, jnp.maximum(length, 1e-6)), z, args=u,
                               saveat=dfx.SaveAt(t1=True), stepsize_controller=controller,
                               max_steps=settings.max_steps, throw=False, adjoint=adjoint)
         steps = sol.stats["num_accepted_steps"]
         dt = jnp.where((length > 0) & (steps > 0), length / jnp.maximum(steps, 1), dt)
-        end = sol.ys[-1]
-        return (end, inputs, dt), (z, end, sol.result._value, steps)
+        return (sol.ys[-1], u, dt), (z, sol.ys[-1], sol.result._value, steps)
 
-    xs = (enc.t0, enc.t1, enc.code, enc.amount, enc.conc)
-    carry0 = (z0, Inputs.initial(len(kinetics.species), covariates=enc.covariates), jnp.asarray(0.1))
-    _, (starts, ends, results, steps) = jax.lax.scan(step, carry0, xs)
-    n_segments = enc.t0.shape[0]
-    pre = jnp.where((enc.pre_index >= 0)[:, None], ends[jnp.maximum(enc.pre_index, 0)], z0) * scale
-    post = starts[enc.post_index] * scale
+    carry0 = (jnp.asarray(y0) / scale, inputs, jnp.asarray(dt0))
+    (_, inputs_end, _), (starts, ends, results, steps) = jax.lax.scan(step, carry0, (t0, t1, code, amount, conc))
     finite = jnp.all(jnp.isfinite(ends), axis=1) & jnp.all(jnp.isfinite(starts), axis=1)
     codes = jnp.where((results == 0) & ~finite, NONFINITE_STATE, results).astype(jnp.int32)
+    return starts * scale, ends * scale, codes, steps, inputs_end
+
+
+def first_failure(codes):
+    """``(index of the first failed segment (the count if none), status code of that failure (0 if none))``."""
+    n_segments = codes.shape[0]
     failed = codes != 0
-    first = jnp.where(jnp.any(failed), jnp.argmax(failed), n_segments)  # first failed segment
-    status = jnp.where(first < n_segments, codes[jnp.minimum(first, n_segments - 1)], 0)
-    # from the first failure on, values are NaN, never plausible numbers
+    first = jnp.where(jnp.any(failed), jnp.argmax(failed), n_segments)
+    return first, jnp.where(first < n_segments, codes[jnp.minimum(first, n_segments - 1)], 0)
+
+
+def _solve_one(kinetics: AbstractKinetics, settings: SolverSettings, params, enc: EncodedBatch):
+    """Solves one encoded batch (`scan_segments` from inoculation): returns (pre (G, n), post (G, n), status code,
+    accepted steps); from the first failed segment on, values are NaN, never plausible numbers."""
+    inputs = Inputs.initial(len(kinetics.species), covariates=enc.covariates)
+    y0 = jnp.asarray(enc.y0)
+    starts, ends, codes, steps, _ = scan_segments(kinetics, settings, params, y0, inputs, enc.t0, enc.t1, enc.code,
+                                                  enc.amount, enc.conc)
+    pre = jnp.where((enc.pre_index >= 0)[:, None], ends[jnp.maximum(enc.pre_index, 0)], y0)
+    post = starts[enc.post_index]
+    first, status = first_failure(codes)
     pre = jnp.where(((enc.pre_index >= first) | ~enc.valid)[:, None], jnp.nan, pre)
     post = jnp.where(((enc.post_index >= first) | ~enc.valid)[:, None], jnp.nan, post)
     return pre, post, status, jnp.sum(steps).astype(jnp.int32)
@@ -703,7 +717,7 @@ def _empty_trajectory(kinetics, grid, skipped) -> xr.Dataset:
     return ds
 
 
-def trajectory_to_long(trajectory: xr.Dataset, variables: Sequence[str] | None = None) -> "pd.DataFrame":  # noqa: F821
+def trajectory_to_long(trajectory: xr.Dataset, variables: Sequence[str] | None = None) -> pd.DataFrame:  # noqa: F821
     """A trajectory as the long table ``batch, time_h, variable, value, unit, phase`` (finite values only; post
     rows only where they differ from pre)."""
     import pandas as pd

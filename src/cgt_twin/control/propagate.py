@@ -15,16 +15,15 @@ import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
-import diffrax as dfx
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ..data.protocol import Protocol
-from ..models.balance import EventCode, apply_event, vector_field
+from ..models.balance import EventCode, apply_event
 from ..models.kinetics import AbstractKinetics, Inputs
-from ..simulate import NONFINITE_STATE, SolverSettings, _event_rows
+from ..simulate import SolverSettings, _event_rows, first_failure, scan_segments
 
 __all__ = ["Segments", "segments", "event_rows", "solve_segments", "propagate", "inputs_at"]
 
@@ -104,39 +103,12 @@ def inputs_at(kinetics: AbstractKinetics, rows: Sequence[tuple], time_h: float, 
 
 
 def solve_segments(kinetics: AbstractKinetics, settings: SolverSettings, params, y, inputs: Inputs, table: Segments):
-    """One state through a `Segments` table: ``(ends (rows, state), inputs after, status code, accepted steps)``.
-
-    Like `cgt_twin.simulate`'s batch solve (each row saves only its end; each row starts with the step size the
-    previous one ended with); from the first failed row on, values are NaN and the status says why.
-    """
-    scale = jnp.asarray(kinetics.state_scales())
-    solver = settings.make_solver(kinetics)
-    controller = dfx.PIDController(rtol=settings.rtol, atol=settings.atol)
-    adjoint = settings.make_adjoint()
-    term = dfx.ODETerm(lambda t, z, u: vector_field(kinetics, t, z * scale, u, params) / scale)
-
-    def step(carry, xs):
-        z, u, dt = carry
-        t0, t1, code, amount, conc = xs
-        y_event, u = apply_event(kinetics, t0, z * scale, u, code, amount, conc, params)
-        z = y_event / scale
-        length = t1 - t0
-        sol = dfx.diffeqsolve(term, solver, t0, t1, jnp.clip(dt, 1e-6, jnp.maximum(length, 1e-6)), z, args=u,
-                              saveat=dfx.SaveAt(t1=True), stepsize_controller=controller,
-                              max_steps=settings.max_steps, throw=False, adjoint=adjoint)
-        steps = sol.stats["num_accepted_steps"]
-        dt = jnp.where((length > 0) & (steps > 0), length / jnp.maximum(steps, 1), dt)
-        return (sol.ys[-1], u, dt), (sol.ys[-1], sol.result._value, steps)
-
-    xs = (table.t0, table.t1, table.code, table.amount, table.conc)
-    (_, inputs_end, _), (ends, results, steps) = jax.lax.scan(step, (y / scale, inputs, jnp.asarray(0.5)), xs)
-    finite = jnp.all(jnp.isfinite(ends), axis=1)
-    codes = jnp.where((results == 0) & ~finite, NONFINITE_STATE, results).astype(jnp.int32)
-    failed = codes != 0
-    n_rows = table.t0.shape[0]
-    first = jnp.where(jnp.any(failed), jnp.argmax(failed), n_rows)
-    status = jnp.where(first < n_rows, codes[jnp.minimum(first, n_rows - 1)], 0)
-    ends = jnp.where((jnp.arange(n_rows) >= first)[:, None], jnp.nan, ends * scale)
+    """One state through a `Segments` table (`cgt_twin.simulate.scan_segments`): ``(ends (rows, state), inputs
+    after, status code, accepted steps)``; from the first failed row on, values are NaN and the status says why."""
+    _, ends, codes, steps, inputs_end = scan_segments(kinetics, settings, params, y, inputs, table.t0, table.t1,
+                                                      table.code, table.amount, table.conc, dt0=0.5)
+    first, status = first_failure(codes)
+    ends = jnp.where((jnp.arange(codes.shape[0]) >= first)[:, None], jnp.nan, ends)
     return ends, inputs_end, status, jnp.sum(steps).astype(jnp.int32)
 
 
