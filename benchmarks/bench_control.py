@@ -15,8 +15,10 @@ What is measured (``python benchmarks/bench_control.py [--quick] [--json FILE]``
    robust multi-stage MPC with 9 scenarios (μ_max × q_P at the posterior's 5 / 50 / 95 % quantiles).
 4. Closed loop on the plant (process noise, measurement noise, a 2 h measurement delay), several plant draws:
    (a) the standard schedule, (b) nominal MPC, (c) MPC over 64 posterior draws, and do-mpc nominal and 9-scenario
-   on the same predictor's mean state. Reported: final titre, harvested product, feed, hours with a constraint
-   violated, and the closed-loop objective (final titre − feed cost).
+   on the same predictor's mean state. Every controller plans against glucose ≥ 3 mM (a 1 mM back-off for the
+   plant-model mismatch and the delay); every strategy is judged by the process limit, glucose ≥ 2 mM. Reported:
+   final titre, harvested product, feed, hours with a constraint violated, and the closed-loop objective (final
+   titre − feed cost).
 """
 
 from __future__ import annotations
@@ -39,7 +41,10 @@ INITIAL = {"vcd": 0.5, "dead_cells": 0.01, "glucose": 30.0, "glutamine": 4.0, "l
 MAX_VOLUME = 1.5
 BOLUS_MAX = 0.1
 STANDARD_BOLUS = 0.03
-GLUCOSE_MIN = 2.0
+GLUCOSE_MIN = 2.0  # mM: the process limit every strategy is judged by (hours below it count as violations)
+PLANNING_GLUCOSE_MIN = 3.0  # mM: what the controllers (ours and do-mpc) plan against in the closed loop: a 1 mM
+# back-off for what no model here knows (the plant's lactate shift, process noise, the 2 h delay); measured on plant
+# draw 0: robust MPC at 2 mM had 2 violation hours, at 3 mM none (and a higher titre)
 FEED_COST = 0.0
 OBJECTIVE = "titer"  # final titre, mg/L (the issue's closed-loop target is on titre); "product" = titre × volume
 OBJECTIVE_UNIT = "mg/L" if OBJECTIVE == "titer" else "mg"
@@ -136,14 +141,14 @@ def _dompc_scenarios(posterior) -> dict[str, list[float]]:
             for p in ("mu_max", "q_p")}
 
 
-def _dompc(twin, posterior, scenarios: bool, days: int = 14):
+def _dompc(twin, posterior, scenarios: bool, days: int = 14, glucose_min: float = GLUCOSE_MIN):
     from dompc_cho import DoMPCFeeding
 
     params = {k: float(np.asarray(v)) for k, v in twin.params.items()}
     grid = None
     if scenarios:
         grid = {p: [float(np.exp(v)) for v in values] for p, values in _dompc_scenarios(posterior).items()}
-    return DoMPCFeeding(params, feed_conc=FEED, u_max=BOLUS_MAX, max_volume=MAX_VOLUME, glucose_min=GLUCOSE_MIN,
+    return DoMPCFeeding(params, feed_conc=FEED, u_max=BOLUS_MAX, max_volume=MAX_VOLUME, glucose_min=glucose_min,
                         feed_cost=FEED_COST, horizon_days=days, batch_days=days, scenarios=grid, objective=OBJECTIVE)
 
 
@@ -199,7 +204,7 @@ def measure_closed_loop(twin, posterior, quick: bool) -> dict:
     days = 5 if quick else 14
     decisions = tuple(24.0 * d for d in range(1, days))
     scenario = Scenario(_protocol(days), INITIAL, decisions, (STANDARD_BOLUS,) * len(decisions))
-    common = dict(bolus_max_l=BOLUS_MAX, glucose_min=GLUCOSE_MIN, probability=0.95, objective={OBJECTIVE: 1.0},
+    common = dict(bolus_max_l=BOLUS_MAX, glucose_min=PLANNING_GLUCOSE_MIN, probability=0.95, objective={OBJECTIVE: 1.0},
                   feed_cost=FEED_COST, max_evaluations=15, time_budget_s=20.0)
     strategies = {"(a) standard": None, "(b) nominal MPC": MPCConfig(n_draws=1, **common),
                   "(c) MPC over posterior draws": MPCConfig(n_draws=16 if quick else 64, **common)}
@@ -207,7 +212,7 @@ def measure_closed_loop(twin, posterior, quick: bool) -> dict:
         import do_mpc  # noqa: F401
 
         def dompc_policy(robust: bool):
-            peer = _dompc(twin, posterior, robust, days)
+            peer = _dompc(twin, posterior, robust, days, PLANNING_GLUCOSE_MIN)
 
             def policy(predictor, time_h):
                 # the same estimate our MPC starts from: the filter's mean, carried from the (delayed) sample's time to
@@ -232,7 +237,7 @@ def measure_closed_loop(twin, posterior, quick: bool) -> dict:
     seeds = (0,) if quick else (0, 1, 2)
     table = compare_strategies(default_plant(delay_h=2.0), scenario, twin, posterior, strategies=strategies,
                                plant_seeds=seeds, predictor_settings=PredictorSettings(n_particles=64 if quick else 256),
-                               objective=OBJECTIVE, feed_cost=FEED_COST)
+                               objective=OBJECTIVE, feed_cost=FEED_COST, limits={"glucose_min": GLUCOSE_MIN})
     summary = table.groupby("strategy", sort=False).agg(
         final_titer=("final_titer", "mean"), product_mg=("product_mg", "mean"), feed_l=("feed_l", "mean"),
         violation_hours=("violation_hours", "sum"), objective=("objective", "mean"),
@@ -241,11 +246,20 @@ def measure_closed_loop(twin, posterior, quick: bool) -> dict:
             "summary": summary.reset_index().to_dict("records")}
 
 
-def measure(quick: bool = False) -> dict:
+PARTS = ("latency", "loop")
+
+
+def measure(quick: bool = False, parts: tuple[str, ...] = PARTS) -> dict:
+    """The figures; `parts` selects the latency measurements (predictor, MPC and do-mpc calls) and/or the closed
+    loop (timings need a quiet machine; the closed loop's results do not)."""
     started = time.perf_counter()
     twin, posterior, fit = _twin_and_posterior(14, quick)
-    figures = {"twin": fit, "predictor": measure_predictor(twin, posterior, quick),
-               "mpc": measure_mpc(twin, posterior, quick), "closed_loop": measure_closed_loop(twin, posterior, quick)}
+    figures = {"twin": fit}
+    if "latency" in parts:
+        figures["predictor"] = measure_predictor(twin, posterior, quick)
+        figures["mpc"] = measure_mpc(twin, posterior, quick)
+    if "loop" in parts:
+        figures["closed_loop"] = measure_closed_loop(twin, posterior, quick)
     figures["seconds"] = time.perf_counter() - started
     return figures
 
@@ -256,7 +270,15 @@ def _record(name, value, unit, *, peer=None, ratio=None, target=None, met=None) 
 
 
 def records(f: dict) -> list[dict]:
-    p, m, loop = f["predictor"], f["mpc"], f["closed_loop"]
+    out = []
+    if "predictor" in f:
+        out += _latency_records(f["predictor"], f["mpc"])
+    if "closed_loop" in f:
+        out += _loop_records(f["closed_loop"])
+    return out
+
+
+def _latency_records(p: dict, m: dict) -> list[dict]:
     out = [_record(f"update + 72 h forecast, {p['particles']} particles (median)", p["update_forecast_ms"], "ms",
                    peer=f"update {p['update_ms']:.3g} ms, forecast {p['forecast_ms']:.3g} ms", target="<= 20 ms",
                    met=p["update_forecast_ms"] <= 20),
@@ -273,6 +295,11 @@ def records(f: dict) -> list[dict]:
     out.append(_record("calls to a converged plan", m["calls_to_converge"] or float("nan"), "calls",
                        peer=f"{m['evaluations_per_call']:.0f} evaluations per call"))
     out.append(_record("time to a converged plan", m["seconds_to_converge"], "s"))
+    return out
+
+
+def _loop_records(loop: dict) -> list[dict]:
+    out = []
     rows = {r["strategy"]: r for r in loop["summary"]}
     for name, r in rows.items():
         out.append(_record(f"closed loop {name}: final titre", r["final_titer"], "mg/L",
@@ -305,8 +332,15 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke test: shrunken sizes")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {PARTS}")
     args = parser.parse_args(argv)
-    figures = measure(args.quick)
+    parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        parser.error(f"unknown parts {sorted(unknown)}; choose from {PARTS}")
+    figures = measure(args.quick, parts)
+    if "predictor" in figures or "closed_loop" in figures:
+        figures["records"] = records(figures)
     text = json.dumps(figures, indent=1, default=float)
     if args.json:
         args.json.write_text(text)

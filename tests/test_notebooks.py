@@ -39,8 +39,8 @@ def _kernel_manager_class():
 
 def test_there_are_notebooks():
     names = {p.stem for p in NOTEBOOKS}
-    for expected in ("01_quickstart", "02_calibrate_hybrid_cho", "05_hek293_aav", "06_tcell_expansion",
-                     "07_write_your_own_kinetics"):
+    for expected in ("01_quickstart", "02_calibrate_hybrid_cho", "04_mpc_feeding", "05_hek293_aav",
+                     "06_tcell_expansion", "07_write_your_own_kinetics"):
         assert expected in names
 
 

@@ -272,3 +272,116 @@ def posterior_html(posterior) -> str:
         parts.append(f'<b style="{_FAILED}">problems</b><ul>'
                      + "".join(f'<li style="{_FAILED}">{_esc(p)}</li>' for p in posterior.problems) + "</ul>")
     return "<div>" + "".join(f"<div>{p}</div>" for p in parts) + "</div>"
+
+
+# -- the control loop: `cgt_twin.control.mpc.Plan` and `cgt_twin.control.Predictor` ---------------------------------
+
+__all__ += ["plan_html", "predictor_html"]
+
+_STATUS_COLOUR = {"converged": "green", "improving": "darkorange"}
+
+
+def plan_html(plan) -> str:
+    """Summary of a `cgt_twin.control.mpc.Plan`: when it was made, its status (a fallback in bold red, with its
+    reason), the objective, the optimiser's evaluations and wall time, the planned boluses (time, volume in mL) and
+    the fraction of draws meeting each constraint at every check time."""
+    status = str(plan.status)
+    if plan.is_fallback:
+        shown = f'<span style="{_FAILED}">{_esc(status)}</span>'
+    else:
+        shown = f'<span style="color:{_STATUS_COLOUR.get(status, "black")}">{_esc(status)}</span>'
+    volumes = [float(v) for v in plan.volumes_l]
+    total_ml = 1000.0 * sum(volumes)
+    head = (f"<b>Plan</b> at {float(plan.time_h):g} h ({float(plan.time_h) / 24:.1f} d) — status {shown}, objective "
+            f"{_esc(_number(plan.objective))}, {int(plan.evaluations)} evaluations in "
+            f"{1000 * float(plan.seconds):.0f} ms<br>{sum(v > 0 for v in volumes)} boluses of "
+            f"<code>{_esc(plan.medium)}</code>, {total_ml:.1f} mL in all; next: "
+            + (_esc(f"{1000 * volumes[0]:.1f} mL at {float(plan.decision_times_h[0]):g} h") if volumes
+               else "no decision left before the end of the batch"))
+    rows = [[f"{float(t):g}", f"{float(t) / 24:.2f}", f"{1000 * v:.1f}"]
+            for t, v in zip(plan.decision_times_h, volumes, strict=True)]
+    parts = [head]
+    if rows:
+        parts.append(_details(f"boluses ({len(rows)} decisions)",
+                              table_html(["time [h]", "time [d]", "volume [mL]"], rows), open_=len(rows) <= 12))
+    chances = [[name, f"{100 * float(p):.0f} %"] for name, p in plan.constraint_probability.items()]
+    if chances:
+        parts.append(_details("constraints: fraction of draws meeting each at every check time",
+                              table_html(["constraint", "met in"], chances), open_=True))
+    else:
+        parts.append("no constraints")
+    return "<div>" + "".join(f"<div>{p}</div>" for p in parts) + "</div>"
+
+
+def _state_unit(name: str) -> str:
+    from .data.variables import CANONICAL_VARIABLES
+
+    if name == "volume":
+        return "L"
+    spec = CANONICAL_VARIABLES.get(name)
+    return spec.unit if spec is not None else ""
+
+
+def predictor_html(predictor) -> str:
+    """Summary of a `cgt_twin.control.Predictor`: the twin (and artifact folder), particles and where their
+    parameters come from, the observed variables, and — once a batch is running — the filter time, the effective
+    sample size, the current state estimate (weighted mean ± sd of the particles, canonical units), the parameters
+    the particles vary, and the notes the user should know about the belief."""
+    settings = predictor.settings
+    kinetics = predictor.twin.kinetics
+    source = getattr(predictor, "twin_dir", None)
+    posterior = predictor.posterior
+    belief = (f"posterior by {_esc(posterior.method)} ({posterior.n_chains} × {posterior.n_draws} draws)"
+              if posterior is not None else "no posterior (the twin's parameter values)")
+    group = f", group {_esc(predictor.group)}" if predictor.group else ""
+    head = (f"<b>Predictor</b> {_esc(type(kinetics).__name__)}"
+            + (f" from <code>{_esc(source)}</code>" if source else "")
+            + f" — {settings.n_particles} particles, {belief}{group}<br>observes "
+            + _esc(", ".join(predictor.variables)))
+    try:
+        time_h = float(predictor.time_h)
+    except RuntimeError:
+        time_h = None
+    parts = [head]
+    if time_h is None:
+        parts.append("no running batch yet: call <code>start</code> or <code>start_from_campaign</code>")
+    else:
+        ess = float(predictor.ess)
+        low = ess < settings.resample_below * settings.n_particles
+        groups = getattr(predictor, "_groups", None)
+        assimilated = f"; {len(groups)} measurement times assimilated" if groups is not None else ""
+        parts.append(f"filter at {time_h:g} h ({time_h / 24:.2f} d); ESS "
+                     + _flag(f"{ess:.0f} of {settings.n_particles}", low) + _esc(assimilated))
+        y, params, weights = predictor.particles()
+        names = kinetics.layout.names
+        mean = weights @ y
+        sd = np.sqrt(np.maximum(weights @ (y - mean) ** 2, 0.0))
+        rows = [[name, _number(m), _number(s, 2), _state_unit(name)]
+                for name, m, s in zip(names, mean, sd, strict=True)]
+        parts.append(_details(f"state estimate at {time_h:g} h (weighted over the particles)",
+                              table_html(["state", "mean", "sd", "unit"], rows), open_=True))
+        varying = sorted(k for k, v in params.items() if np.ptp(np.asarray(v)) > 0)
+        if varying:
+            specs = {p.name: p for p in kinetics.parameters}
+            prow = []
+            for name in varying:
+                values = np.asarray(params[name], dtype=np.float64)
+                m = float(weights @ values)
+                s = float(np.sqrt(max(weights @ (values - m) ** 2, 0.0)))
+                prow.append([name, _number(m), _number(s, 2), specs[name].unit if name in specs else ""])
+            parts.append(_details(f"parameters the particles vary ({len(varying)})",
+                                  table_html(["parameter", "mean", "sd", "unit"], prow)))
+    q_low, q_high = settings.quantiles
+    parts.append(_details("settings", table_html(["setting", "value"], [
+        ["forecast horizon, step [h]", f"{settings.horizon_h:g}, {settings.step_h:g}"],
+        ["band quantiles", f"{q_low:g}, {q_high:g}"],
+        ["resample below ESS fraction", f"{settings.resample_below:g}"],
+        ["state jitter, initial spread (log-sd)", f"{settings.state_jitter:g}, {settings.initial_spread:g}"],
+        ["parameter shrinkage (Liu–West a)", f"{settings.shrinkage:g}"],
+        ["compile time [s]", f"{float(getattr(predictor, 'compile_seconds', 0.0)):.1f}"],
+    ])))
+    if predictor.notes:
+        parts.append(_details(f"notes ({len(predictor.notes)})",
+                              "<ul>" + "".join(f"<li>{_esc(n)}</li>" for n in predictor.notes) + "</ul>",
+                              open_=True))
+    return "<div>" + "".join(f"<div>{p}</div>" for p in parts) + "</div>"

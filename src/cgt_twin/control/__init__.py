@@ -7,4 +7,15 @@ particles with chance constraints (DESIGN.md: estimator and controller share the
 
 from .predictor import Predictor, PredictorSettings, Rejection, UpdateReport
 
-__all__ = ["Predictor", "PredictorSettings", "Rejection", "UpdateReport"]
+__all__ = ["Predictor", "PredictorSettings", "Rejection", "UpdateReport", "plot_forecast", "plot_plan"]
+
+_PLOTS = ("plot_forecast", "plot_plan")
+
+
+def __getattr__(name: str):
+    """The plots (`cgt_twin.control.plots`) load matplotlib only when first used: a control loop never pays for it."""
+    if name in _PLOTS:
+        from . import plots
+
+        return getattr(plots, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

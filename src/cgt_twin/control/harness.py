@@ -182,6 +182,7 @@ def run_closed_loop(plant: Plant, scenario: Scenario, twin: Twin, posterior=None
         if config is not None:
             controller = FeedingController(twin, dataclasses.replace(config, medium=scenario.medium,
                                                                      decision_times_h=tuple(decisions), end_h=end))
+            controller.warm_up(predictor)  # compile first: the calls' budgets are for optimising
     pending: list[tuple[float, list[tuple[float, str, float]]]] = []  # (delivery time, rows)
     times_all, states_all = [np.asarray([0.0])], [y[None]]
     boluses, fallbacks, call_seconds, recorded = [], 0, [], []
@@ -261,17 +262,21 @@ def run_closed_loop(plant: Plant, scenario: Scenario, twin: Twin, posterior=None
 def compare_strategies(plant: Plant, scenario: Scenario, twin: Twin, posterior=None, *,
                        strategies: Mapping[str, MPCConfig | Callable | None], plant_seeds: Sequence[int] = (0, 1, 2),
                        predictor_settings: PredictorSettings | None = None, progress: bool = True,
-                       objective: str = "product", feed_cost: float = 0.0) -> pd.DataFrame:
+                       objective: str = "product", feed_cost: float = 0.0,
+                       limits: Mapping[str, float] | None = None) -> pd.DataFrame:
     """Every strategy on every plant draw (the same draws for all strategies): one row per run with the
     `LoopResult` figures and the closed-loop objective, the true ``product_mg`` (``objective="product"``) or
     ``final_titer`` (``"titer"``) minus ``feed_cost·feed_l``. A strategy is None (the standard schedule), an
-    `MPCConfig` (our MPC) or a policy callable (see `run_closed_loop`)."""
+    `MPCConfig` (our MPC) or a policy callable (see `run_closed_loop`). Violations are counted against `limits`
+    (``glucose_min``, ``lactate_max``, ``ammonia_max``; default: the first MPC config's), the same for every strategy,
+    so a controller may plan with a safety margin and still be judged by the process's limits."""
     if objective not in ("product", "titer"):
         raise ValueError(f"objective must be 'product' or 'titer', got {objective!r}")
     from tqdm.auto import tqdm
 
-    limits = None
     for config in strategies.values():
+        if limits is not None:
+            break
         if isinstance(config, MPCConfig):
             limits = {k: getattr(config, k) for k in ("glucose_min", "lactate_max", "ammonia_max")
                       if getattr(config, k) is not None}

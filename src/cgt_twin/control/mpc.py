@@ -236,6 +236,11 @@ class Plan:
         self.to_events(batch).to_csv(path, index=False)
         return path
 
+    def _repr_html_(self) -> str:
+        from .._html import plan_html
+
+        return plan_html(self)
+
     def __str__(self) -> str:
         volumes = ", ".join(f"{t:g} h: {v * 1000:.1f} mL" for t, v in zip(self.decision_times_h, self.volumes_l,
                                                                            strict=True))
@@ -490,7 +495,8 @@ class FeedingController:
             status = "improving"
         except Exception as exc:  # noqa: BLE001  (any optimiser failure becomes a status, never a crash)
             status = f"fallback: the optimiser failed ({type(exc).__name__}: {exc}); using {call.why_fallback}"
-        if status == "improving" and best["x"] is not None:  # converged across calls: no progress left in this one
+        if status == "improving" and best["x"] is not None and evaluations >= 2:  # converged across calls:
+            # the call moved nothing and gained nothing (one evaluation alone says nothing)
             moved = np.max(np.abs(best["x"] - x0 / u_max))
             gained = best["f0"] - best["f"]
             if moved < 10 * config.tolerance and gained <= config.tolerance * max(abs(best["f"]), 1.0):

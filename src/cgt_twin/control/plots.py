@@ -26,6 +26,7 @@ from ..data.variables import CANONICAL_VARIABLES
 __all__ = ["plot_forecast", "plot_plan"]
 
 _PREFERRED = ("vcd", "viability", "glucose", "lactate", "glutamine", "ammonia", "titer", "volume")
+_DEFAULT = ("vcd", "glucose", "lactate", "ammonia", "titer", "volume")
 _LABELS = {"vcd": "viable cells", "dead_cells": "dead cells", "titer": "titre", "vg_titer": "vector genomes",
            "capsid_titer": "capsids"}
 _SCALE = {"h": 1.0, "d": 24.0}  # hours per time unit
@@ -52,18 +53,16 @@ def _time_scale(time_unit: str) -> float:
     return _SCALE[time_unit]
 
 
-def _grid(n: int, extra_row: bool = False):
-    """A figure with `n` panels in at most two columns (and one full-width panel below when `extra_row`)."""
+def _grid(n: int):
+    """A figure with `n` panels in at most two columns, sharing the time axis."""
     columns = 1 if n == 1 else 2
     rows = math.ceil(n / columns)
-    names = [f"p{k}" if k < n else "." for k in range(rows * columns)]
-    mosaic = [names[r * columns:(r + 1) * columns] for r in range(rows)]
-    if extra_row:
-        mosaic.append(["extra"] * columns)
-    heights = [1.0] * rows + ([0.7] if extra_row else [])
-    fig, axes = plt.subplot_mosaic(mosaic, figsize=(5.0 * columns, 2.9 * rows + (2.2 if extra_row else 0.0)),
-                                   height_ratios=heights, layout="constrained", sharex=True)
-    return fig, [axes[f"p{k}"] for k in range(n)], axes.get("extra")
+    fig, axes = plt.subplots(rows, columns, figsize=(5.0 * columns, 2.9 * rows), squeeze=False, sharex=True,
+                             layout="constrained")
+    flat = [ax for row in axes for ax in row]
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
 
 
 def _measurement_frame(measurements) -> pd.DataFrame:
@@ -105,6 +104,16 @@ def _band_label(forecast: xr.Dataset) -> str:
     return f"{round(100 * (high - low))} % {forecast.attrs.get('band', 'state')} band"
 
 
+def _quantile_names(forecast: xr.Dataset) -> tuple[str, str]:
+    """The lower and upper quantile statistics (``q05``, ``q95``) of a forecast."""
+    names = [str(s) for s in forecast["statistic"].values if re.fullmatch(r"q[0-9.]+", str(s))]
+    names.sort(key=lambda s: float(s[1:]))
+    if "mean" not in forecast["statistic"].values or len(names) < 2:
+        raise ValueError(f"a forecast needs the statistics mean and two quantiles (q05, q95), got "
+                         f"{list(forecast['statistic'].values)}")
+    return names[0], names[-1]
+
+
 def _now(ax: Axes, t: float, label: str | None) -> None:
     ax.axvline(t, color="0.35", ls=":", lw=1.0, label=label)
 
@@ -120,28 +129,32 @@ def plot_forecast(forecast: xr.Dataset, measurements=None, variables: Sequence[s
             ``unit``, as `Predictor.update` takes them; converted to the canonical unit, unusable rows left out).
             Values up to the filter time are drawn as filled dots (assimilated), later ones hollow (not yet seen by
             the filter: how the forecast compares with what happened).
-        variables: the variables to draw (default: the forecast's, most informative first).
+        variables: the variables to draw (default: those measured, when `measurements` are given, else vcd,
+            glucose, lactate, ammonia, titre and volume, where the forecast has them).
         time_unit: ``"h"`` or ``"d"`` for the time axis.
     """
     if "statistic" not in forecast.dims or "time" not in forecast.dims:
         raise ValueError("a forecast has dims (statistic, time): pass what Predictor.forecast returns")
     available = [v for v in forecast.data_vars if forecast[v].dims == ("statistic", "time")]
+    scale = _time_scale(time_unit)
+    data = _measurement_frame(measurements) if measurements is not None else None
     if variables is None:
-        variables = [v for v in _PREFERRED if v in available] + [v for v in available if v not in _PREFERRED]
+        wanted = set(data["variable"]) if data is not None and len(data) else set(_DEFAULT)
+        ordered = [v for v in _PREFERRED if v in available] + [v for v in available if v not in _PREFERRED]
+        variables = [v for v in ordered if v in wanted] or ordered
     variables = list(variables)
     unknown = [v for v in variables if v not in available]
     if unknown or not variables:
         raise ValueError(f"variables not in the forecast: {unknown}; it has {available}")
-    scale = _time_scale(time_unit)
+    quantiles = _quantile_names(forecast)
     now = float(forecast.attrs.get("filter_time_h", float(forecast["time"].values[0])))
-    data = _measurement_frame(measurements) if measurements is not None else None
-    fig, axes, _ = _grid(len(variables))
+    fig, axes = _grid(len(variables))
     t = forecast["time"].values / scale
     band_label = _band_label(forecast)
     for k, variable in enumerate(variables):
         ax = axes[k]
         values = forecast[variable]
-        mean, low, high = (values.sel(statistic=s).values for s in ("mean", "q05", "q95"))
+        mean, low, high = (values.sel(statistic=s).values for s in ("mean", *quantiles))
         ok = np.isfinite(mean) & np.isfinite(low) & np.isfinite(high)
         ax.fill_between(t[ok], low[ok], high[ok], color="C0", alpha=0.25, lw=0, label=band_label)
         ax.plot(t[ok], mean[ok], color="C0", lw=1.5, label="forecast mean")
@@ -169,14 +182,14 @@ def plot_forecast(forecast: xr.Dataset, measurements=None, variables: Sequence[s
     return fig
 
 
-def _legend(fig: Figure, axes: Sequence[Axes]) -> None:
-    """One legend beside the figure with every distinct entry of the panels."""
+def _legend(fig: Figure, axes: Sequence[Axes], loc: str = "outside right upper", ncols: int = 1) -> None:
+    """One legend outside the panels (beside or below them) with every distinct entry of the panels."""
     seen: dict[str, object] = {}
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             seen.setdefault(label, handle)
     if seen:
-        fig.legend(list(seen.values()), list(seen), loc="outside right upper", fontsize="small")
+        fig.legend(list(seen.values()), list(seen), loc=loc, ncols=ncols, fontsize="small")
 
 
 def _constraints(plan) -> list[tuple[str, str, float, float, str]]:
@@ -202,7 +215,7 @@ def plot_plan(plan, variables: Sequence[str] = ("glucose", "titer", "vcd", "volu
               time_unit: str = "h") -> Figure:
     """A `Plan`: the predicted trajectories under the plan (mean line, band between the draws' lower and upper
     constraint quantiles), the chance-constraint limits as dashed lines (with the fraction of draws meeting each),
-    and the planned boluses in mL as stems in a panel below.
+    and the planned boluses in mL as stems in a panel below; one column, so every panel shares the time axis.
 
     The predicted values are those at the plan's check times (before any event there: before each bolus, and at the
     end), joined by lines for the eye; set `MPCConfig.check_every_h` for a denser curve.
@@ -218,7 +231,9 @@ def plot_plan(plan, variables: Sequence[str] = ("glucose", "titer", "vcd", "volu
     if unknown or not variables:
         raise ValueError(f"variables not predicted by the plan: {unknown}; it predicts {available}")
     scale = _time_scale(time_unit)
-    fig, axes, bolus_ax = _grid(len(variables), extra_row=True)
+    fig, all_axes = plt.subplots(len(variables) + 1, 1, figsize=(7.5, 2.0 * len(variables) + 2.2), sharex=True,
+                                 squeeze=False, height_ratios=[1.0] * len(variables) + [0.8], layout="constrained")
+    axes, bolus_ax = [row[0] for row in all_axes[:-1]], all_axes[-1][0]
     times = np.asarray(plan.prediction_times_h, dtype=np.float64)
     t = times / scale
     limits = _constraints(plan)
@@ -255,7 +270,7 @@ def plot_plan(plan, variables: Sequence[str] = ("glucose", "titer", "vcd", "volu
     bolus_ax.set_ylabel(f"bolus [mL of {plan.medium}]")
     bolus_ax.set_xlabel(f"time [{time_unit}]")
     bolus_ax.grid(alpha=0.3)
-    _legend(fig, [*axes, bolus_ax])
+    _legend(fig, [*axes, bolus_ax], loc="outside lower center", ncols=2)
     total = float(np.nansum(volumes_ml))
     fig.suptitle(f"plan at {plan.time_h:g} h [{plan.status}]: {total:.1f} mL in {int(np.sum(volumes_ml > 0))} "
                  "boluses")

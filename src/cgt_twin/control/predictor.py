@@ -127,7 +127,8 @@ class UpdateReport:
         accepted: measurements used.
         rejected: the others, each with its reason.
         time_h: the filter's time afterwards, h.
-        ess: effective sample size after the last assimilation (particles).
+        ess: effective sample size of the weights the last measurements gave, before any resampling (particles):
+            the filter's health (a small value means the measurements surprised the particles).
         replayed_from: time from which the filter re-assimilated because of late data (None if it did not).
         failed_particles: particles whose solve failed in this update (replaced by resampling).
         seconds: wall time of the update.
@@ -200,6 +201,7 @@ class Predictor:
         self._accepted: set[tuple[float, str, float]] = set()
         self._snapshots: list[_Snapshot] = []
         self.compile_seconds = 0.0
+        self._last_info: dict[str, float] = {}
         if compile:
             self._compile()
 
@@ -440,7 +442,8 @@ class Predictor:
                 for group in [g for g in self._groups if g[0] > now + 1e-9 or
                               (first and math.isclose(g[0], now, abs_tol=1e-9))]:
                     failed += self._assimilate_group(self._snapshots[-1], *group)
-        return UpdateReport(len(good), tuple(rejected), self.time_h, self.ess, replayed, failed,
+        ess = self._last_info["ess"] if good and self._last_info else self.ess
+        return UpdateReport(len(good), tuple(rejected), self.time_h, float(ess), replayed, failed,
                             _time.perf_counter() - started)
 
     def _add(self, t: float, variable: str, value: float) -> None:
@@ -515,6 +518,11 @@ class Predictor:
         self._snapshots.append(cursor)
         return failed
 
+    def _repr_html_(self) -> str:
+        from .._html import predictor_html
+
+        return predictor_html(self)
+
     def _template_inputs(self):
         from ..models.kinetics import Inputs
 
@@ -554,7 +562,8 @@ class Predictor:
             band: ``"state"`` (spread of the predicted truth) or ``"measurement"`` (of a new measurement).
 
         Returns:
-            Dataset with dims ``(statistic, time)`` (statistic = mean, q05, q95 — the settings' quantiles) for every
+            Dataset with dims ``(statistic, time)`` (statistic = mean and the settings' quantiles, named ``q05`` and
+            ``q95`` for the default (0.05, 0.95)) for every
             observed variable, values before any event at each time; attrs: filter time, particles, ESS, failed
             particles, notes.
         """
@@ -589,7 +598,9 @@ class Predictor:
         data = {name: (("statistic", "time"), bands[:, index, j], {"units": CANONICAL_VARIABLES[name].unit})
                 for j, name in enumerate(self.variables)}
         q_low, q_high = self.settings.quantiles
-        return xr.Dataset(data, coords={"statistic": ["mean", "q05", "q95"], "time": out_times},
+        names = ["mean", *(f"q{100 * q:02.0f}" if 100 * q == round(100 * q) else f"q{100 * q:g}"
+                           for q in self.settings.quantiles)]
+        return xr.Dataset(data, coords={"statistic": names, "time": out_times},
                           attrs={"filter_time_h": start, "n_particles": self.settings.n_particles, "ess": self.ess,
                                  "failed_particles": int(n_failed), "band": band,
                                  "quantiles": json.dumps([q_low, q_high]), "notes": json.dumps(self.notes)})
