@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import math
-from html.parser import HTMLParser
 
 import matplotlib
 
@@ -16,6 +15,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.collections import LineCollection, PolyCollection  # noqa: E402
+from test_html import _parse  # noqa: E402
 
 import cgt_twin  # noqa: E402, F401  (float64)
 from cgt_twin import Event, Medium, Protocol  # noqa: E402
@@ -202,35 +202,7 @@ def test_plot_plan_other_variables_days_and_a_fallback_without_decisions(plan):
 
 
 # -- HTML ------------------------------------------------------------------------------------------------------------
-class _Checker(HTMLParser):
-    """Collects text and checks that every opened tag of the kinds we emit is closed."""
-
-    PAIRED = {"div", "table", "thead", "tbody", "tr", "td", "th", "details", "summary", "ul", "li", "b", "code", "span"}
-
-    def __init__(self):
-        super().__init__()
-        self.stack: list[str] = []
-        self.text: list[str] = []
-
-    def handle_starttag(self, tag, attrs):
-        if tag in self.PAIRED:
-            self.stack.append(tag)
-
-    def handle_endtag(self, tag):
-        if tag in self.PAIRED:
-            assert self.stack and self.stack[-1] == tag, f"</{tag}> closes {self.stack[-1:]}"
-            self.stack.pop()
-
-    def handle_data(self, data):
-        self.text.append(data)
-
-
-def _parse(markup: str) -> str:
-    checker = _Checker()
-    checker.feed(markup)
-    checker.close()
-    assert not checker.stack, f"unclosed tags {checker.stack}"
-    return " ".join(checker.text)
+# `_parse` (tests/test_html.py): the markup's text, after checking every tag we emit is closed
 
 
 def test_plan_html_time_status_boluses_and_constraints(plan):
