@@ -250,13 +250,17 @@ def predict(twin_dir: Annotated[Path, typer.Argument(help="twin artifact folder"
             no_posterior: Annotated[bool, typer.Option("--no-posterior", help="ignore a posterior stored in the "
                                                        "artifact (bands from the noise model only)")] = False,
             band: Annotated[str, typer.Option(help="with a posterior: measurement | parameter")] = "measurement",
-            seed: Annotated[int, typer.Option(help="random seed of the posterior predictive")] = 0) -> None:
+            seed: Annotated[int, typer.Option(help="random seed of the posterior predictive")] = 0,
+            no_ensemble: Annotated[bool, typer.Option("--no-ensemble", help="ignore a residual ensemble stored in "
+                                                      "the artifact (the network at its fitted weights)")] = False,
+            ) -> None:
     """Open-loop prediction of each batch from its initial state and protocol:
-    batch,time_h,variable,mean,q05,q95,unit,phase (posterior predictive when the artifact holds a posterior)."""
+    batch,time_h,variable,mean,q05,q95,unit,phase (posterior predictive when the artifact holds a posterior; the
+    residual ensemble's spread when it holds one)."""
 
     def body():
         from .data.folder import read_campaign
-        from .io import append_provenance, campaign_hash, load_posterior, load_twin
+        from .io import append_provenance, campaign_hash, load_ensemble, load_posterior, load_twin
         from .predict import predict as run
         from .predict import prediction_to_long
 
@@ -264,14 +268,17 @@ def predict(twin_dir: Annotated[Path, typer.Argument(help="twin artifact folder"
             raise FileExistsError(f"{out_file} exists; pass --overwrite to replace it")
         twin = load_twin(twin_dir)
         posterior = None if no_posterior else load_posterior(twin_dir)
+        ensemble = None if no_ensemble else load_ensemble(twin_dir)
         campaign = read_campaign(folder)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             prediction = run(twin, campaign, batches=_split(batches) or None, posterior=posterior, band=band,
-                             seed=seed)
+                             seed=seed, ensemble=ensemble)
         if posterior is not None:
             out.print(f"posterior predictive ({posterior.method}, {prediction.attrs['n_draws']} draws, {band} band)",
                       markup=False)
+        if ensemble is not None:
+            out.print(f"neural residual: ensemble of {ensemble.n_members} members", markup=False)
         for batch, why in json.loads(prediction.attrs.get("skipped", "{}")).items():
             err.print(f"skipped batch {batch}: {why}", markup=False)
         table = prediction_to_long(prediction)
@@ -291,22 +298,26 @@ def report(twin_dir: Annotated[Path, typer.Argument(help="twin artifact folder")
            folder: Annotated[Path, typer.Argument(help="campaign folder")],
            out_dir: Annotated[Path, typer.Option("--out", help="folder for metrics and plots")],
            no_posterior: Annotated[bool, typer.Option("--no-posterior", help="ignore a posterior stored in the "
-                                                      "artifact")] = False) -> None:
+                                                      "artifact")] = False,
+           no_ensemble: Annotated[bool, typer.Option("--no-ensemble", help="ignore a residual ensemble stored in "
+                                                     "the artifact")] = False) -> None:
     """Metrics (NRMSE per batch and variable) and plots (data over predicted bands, parity) of a twin on a
-    campaign (posterior predictive bands when the artifact holds a posterior)."""
+    campaign (posterior predictive bands when the artifact holds a posterior, with the residual ensemble's spread when
+    it holds one)."""
 
     def body():
         from .data.folder import read_campaign
-        from .io import load_posterior, load_twin
+        from .io import load_ensemble, load_posterior, load_twin
         from .predict import predict as run
         from .report import write_report
 
         twin = load_twin(twin_dir)
         posterior = None if no_posterior else load_posterior(twin_dir)
+        ensemble = None if no_ensemble else load_ensemble(twin_dir)
         campaign = read_campaign(folder)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            prediction = run(twin, campaign, posterior=posterior)
+            prediction = run(twin, campaign, posterior=posterior, ensemble=ensemble)
         paths = write_report(campaign, prediction, out_dir, title=f"{twin_dir.name} on {folder.name}")
         out.print(f"[green]report[/] -> {escape(str(paths['report']))}", markup=True)
 
@@ -329,7 +340,7 @@ def sample(twin_dir: Annotated[Path, typer.Argument(help="twin artifact folder (
         from .bayes import sample as run
         from .bayes.config import read_bayes_config
         from .data.folder import read_campaign
-        from .io import append_provenance, campaign_hash, load_twin, save_twin
+        from .io import append_provenance, campaign_hash, load_ensemble, load_twin, save_twin
 
         if out_dir.exists() and not overwrite:
             raise FileExistsError(f"{out_dir} exists; pass --overwrite to replace it")
@@ -337,6 +348,7 @@ def sample(twin_dir: Annotated[Path, typer.Argument(help="twin artifact folder (
             raise FileExistsError(f"{out_dir} is the input artifact; sample writes a new one")
         settings = read_bayes_config(config, seed=seed)
         twin = load_twin(twin_dir)
+        ensemble = load_ensemble(twin_dir)  # a residual ensemble of the input is carried over
         source = json.loads((twin_dir / "twin.json").read_text(encoding="utf-8"))
         campaign = read_campaign(folder)
         with warnings.catch_warnings():
@@ -351,7 +363,7 @@ def sample(twin_dir: Annotated[Path, typer.Argument(help="twin artifact folder (
                    "held": sorted(posterior.held), "problems": list(posterior.problems)}
         save_twin(twin, out_dir, overwrite=overwrite, data_hash=data_hash,
                   fit_settings={**source.get("fit_settings", {}), "sample": details},
-                  metadata=source.get("metadata", {}), posterior=posterior)
+                  metadata=source.get("metadata", {}), posterior=posterior, ensemble=ensemble)
         append_provenance(out_dir, "sample " + " ".join(sys.argv[1:]),
                           status="ok" if posterior.check() else "diagnostics failed", data_hash=data_hash,
                           seed=settings.sampler.seed, details=details)
@@ -360,6 +372,66 @@ def sample(twin_dir: Annotated[Path, typer.Argument(help="twin artifact folder (
         if posterior.problems:
             err.print("[bold yellow]warning[/]: diagnostics failed — " + escape("; ".join(posterior.problems)),
                       markup=True)
+
+    _run(body)
+
+
+@app.command()
+def ensemble(twin_dir: Annotated[Path, typer.Argument(help="hybrid twin artifact folder (left untouched)")],
+             folder: Annotated[Path, typer.Argument(help="campaign folder (the training data)")],
+             out_dir: Annotated[Path, typer.Option("--out", help="new twin artifact folder holding the ensemble")],
+             members: Annotated[int, typer.Option(help="number of members K (at least 2)")] = 5,
+             config: Annotated[Path | None, typer.Option(help="fit.toml: its [training] table (TrainConfig fields) "
+                                                            "sets how each member trains")] = None,
+             steps: Annotated[int | None, typer.Option(help="training steps per member (overrides the config)")]
+             = None,
+             holdout: Annotated[str | None, typer.Option(help="batches left out, comma-separated (default: the "
+                                                              "fit's holdout recorded in the artifact)")] = None,
+             no_bootstrap: Annotated[bool, typer.Option("--no-bootstrap", help="every member sees every batch "
+                                                        "(members differ by their initial weights only)")] = False,
+             seed: Annotated[int, typer.Option(help="random seed of the members' weights and resamples")] = 0,
+             overwrite: Annotated[bool, typer.Option(help="replace an existing output artifact")] = False) -> None:
+    """Train a deep ensemble of a hybrid twin's neural residual (K networks, each from its own seed on a bootstrap
+    resample of the batches, the mechanism frozen) and write a new artifact with it; `predict` and `report` then
+    include the residual's uncertainty (a posterior of the input is carried over)."""
+
+    def body():
+        from .bayes.ensemble import train_ensemble
+        from .data.folder import read_campaign
+        from .fit.calibrate import read_calibration_config
+        from .io import append_provenance, campaign_hash, load_posterior, load_twin, save_twin
+
+        if out_dir.exists() and not overwrite:
+            raise FileExistsError(f"{out_dir} exists; pass --overwrite to replace it")
+        if out_dir.resolve() == twin_dir.resolve():
+            raise FileExistsError(f"{out_dir} is the input artifact; ensemble writes a new one")
+        training = read_calibration_config(config).training
+        if steps is not None:
+            training = dataclasses.replace(training, steps=steps)
+        twin = load_twin(twin_dir)
+        posterior = load_posterior(twin_dir)
+        source = json.loads((twin_dir / "twin.json").read_text(encoding="utf-8"))
+        campaign = read_campaign(folder)
+        left_out = _split(holdout) if holdout is not None else tuple(source.get("fit_settings", {}).get("holdout")
+                                                                      or ())
+        left_out = tuple(b for b in left_out if b in campaign.batches)
+        training_campaign = campaign.drop(left_out) if left_out else campaign
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            result = train_ensemble(twin, training_campaign, members, training, seed=seed,
+                                    bootstrap=not no_bootstrap, progress=sys.stderr.isatty())
+        data_hash = campaign_hash(campaign)
+        details = {"input_artifact": str(twin_dir), "input_content_hash": source.get("content_hash"),
+                   "members": result.n_members, "seeds": list(result.seeds), "bootstrap": not no_bootstrap,
+                   "holdout": list(left_out), "steps": training.steps}
+        save_twin(twin, out_dir, overwrite=overwrite, data_hash=data_hash,
+                  fit_settings={**source.get("fit_settings", {}), "ensemble": details},
+                  metadata=source.get("metadata", {}), posterior=posterior, ensemble=result)
+        append_provenance(out_dir, "ensemble " + " ".join(sys.argv[1:]), status="ok", data_hash=data_hash,
+                          seed=seed, details=details)
+        out.print(f"[green]trained[/] an ensemble of {result.n_members} residuals -> {escape(str(out_dir))}",
+                  markup=True)
+        out.print(result.summary(), markup=False)
 
     _run(body)
 
@@ -451,6 +523,7 @@ def mpc(twin_dir: Annotated[Path, typer.Argument(help="twin artifact folder")],
             err.print(f"measurement not used: {rejection.variable} at {rejection.time_h:g} h: {rejection.reason}",
                       markup=False)
         controller = FeedingController(predictor.twin, settings)
+        controller.warm_up(predictor)  # compile first: the calls' budgets are for optimising
         plan = None
         for _ in range(max(calls, 1)):
             plan = controller.step(predictor)

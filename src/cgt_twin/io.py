@@ -10,6 +10,9 @@ Layout of an artifact folder:
 - ``posterior.json`` + ``posterior.npz`` (optional, written by ``cgt-twin sample``): a `cgt_twin.bayes.Posterior` of
   the twin, with its own content hash, which ``twin.json`` records too (``posterior_hash``); `load_posterior` checks
   both and that the posterior was made for this twin.
+- ``ensemble.json`` + ``ensemble.npz`` (optional, written by ``cgt-twin ensemble``): a deep ensemble of the neural
+  residual (`cgt_twin.bayes.ResidualEnsemble`), with its own content hash, recorded in ``twin.json``
+  (``ensemble_hash``, ``ensemble_for``) and checked by `load_ensemble` the same way.
 
 The content hash (SHA-256 of the canonical model JSON and the array bytes) is checked on every load, so a tampered or
 truncated artifact fails with a clear message; the log is not covered by it (it grows). Artifacts are written to a
@@ -27,7 +30,7 @@ import io as _io
 import json
 import os
 import platform
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -42,8 +45,8 @@ from .models.kinetics import AbstractKinetics
 from .models.registry import MODELS, make_kinetics
 from .models.twin import Twin
 
-__all__ = ["SCHEMA_VERSION", "save_twin", "load_twin", "load_posterior", "append_provenance", "read_provenance",
-           "verify_provenance", "campaign_hash", "ArtifactError"]
+__all__ = ["SCHEMA_VERSION", "save_twin", "load_twin", "load_posterior", "load_ensemble", "append_provenance",
+           "read_provenance", "verify_provenance", "campaign_hash", "ArtifactError"]
 
 SCHEMA_VERSION = 2
 """Version of the artifact layout this library writes; it reads this and every older one. History: 1 — first layout;
@@ -127,10 +130,12 @@ def campaign_hash(campaign) -> str:
 
 
 def save_twin(twin: Twin, path: str | os.PathLike, *, overwrite: bool = False, data_hash: str | None = None,
-              fit_settings: Mapping | None = None, metadata: Mapping | None = None, posterior=None) -> Path:
+              fit_settings: Mapping | None = None, metadata: Mapping | None = None, posterior=None,
+              ensemble=None) -> Path:
     """Writes a twin artifact folder atomically (see the module docstring); returns its path.
 
-    `posterior` (a `cgt_twin.bayes.Posterior` of this twin) is written beside it, in the same atomic step.
+    `posterior` (a `cgt_twin.bayes.Posterior` of this twin) and `ensemble` (a `cgt_twin.bayes.ResidualEnsemble` of its
+    neural residual) are written beside it, in the same atomic step.
 
     Raises:
         FileExistsError: if the folder exists and `overwrite` is False.
@@ -139,6 +144,11 @@ def save_twin(twin: Twin, path: str | os.PathLike, *, overwrite: bool = False, d
     target = Path(path)
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} exists; pass overwrite=True to replace it")
+    if ensemble is not None:
+        try:
+            ensemble.check_twin(twin)
+        except CampaignValidationError as exc:
+            raise ValueError(f"cannot save the ensemble with this twin: {exc.problems[0].message}") from None
     section, arrays = _model_section(twin)
     buffer = _io.BytesIO()
     np.savez(buffer, **arrays)
@@ -152,6 +162,9 @@ def save_twin(twin: Twin, path: str | os.PathLike, *, overwrite: bool = False, d
         if posterior is not None:
             document["posterior_hash"] = posterior.write(staging)
             document["posterior_for"] = document["content_hash"]
+        if ensemble is not None:
+            document["ensemble_hash"] = ensemble.write(staging)
+            document["ensemble_for"] = document["content_hash"]
         (staging / "twin.json").write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         (staging / "arrays.npz").write_bytes(array_bytes)
     return target
@@ -221,6 +234,28 @@ def load_twin(path: str | os.PathLike) -> Twin:
         _fail(folder, f"invalid model section ({type(exc).__name__}: {exc})")
 
 
+def _attachment(folder: Path, kind: str, files: Sequence[str]) -> tuple[Twin, str] | None:
+    """The twin and the recorded hash of the `kind` (``posterior``, ``ensemble``) stored beside it, or None when the
+    artifact holds none; fails for files added afterwards or made for another twin."""
+    twin = load_twin(folder)
+    document = json.loads((folder / "twin.json").read_text(encoding="utf-8"))
+    recorded = document.get(f"{kind}_hash")
+    present = any((folder / name).exists() for name in files)
+    if recorded is None and not present:
+        return None
+    if recorded is None:
+        _fail(folder, f"{kind} files present but twin.json records no {kind}: they were added afterwards")
+    if document.get(f"{kind}_for") != document.get("content_hash"):
+        _fail(folder, f"the {kind} was made for another twin")
+    return twin, recorded
+
+
+def _check_recorded(folder: Path, kind: str, recorded: str) -> None:
+    stored = json.loads((folder / f"{kind}.json").read_text(encoding="utf-8")).get("content_hash")
+    if stored != recorded:
+        _fail(folder, f"{kind} hash mismatch (twin.json records {recorded}, {kind}.json has {stored})")
+
+
 def load_posterior(path: str | os.PathLike):
     """The posterior stored in a twin artifact, or None when it holds none. Checks the twin (as `load_twin`), the
     posterior's content hash, that ``twin.json`` records the same hash, and that it was made for this twin.
@@ -231,27 +266,42 @@ def load_posterior(path: str | os.PathLike):
     from .bayes.posterior import Posterior
 
     folder = Path(path)
-    twin = load_twin(folder)
-    document = json.loads((folder / "twin.json").read_text(encoding="utf-8"))
-    recorded = document.get("posterior_hash")
-    present = (folder / "posterior.json").exists() or (folder / "posterior.npz").exists()
-    if recorded is None and not present:
+    found = _attachment(folder, "posterior", ("posterior.json", "posterior.npz"))
+    if found is None:
         return None
-    if recorded is None:
-        _fail(folder, "posterior files present but twin.json records no posterior: they were added afterwards")
-    if document.get("posterior_for") != document.get("content_hash"):
-        _fail(folder, "the posterior was made for another twin")
+    twin, recorded = found
     try:
         posterior = Posterior.read(folder)
     except ValueError as exc:
         _fail(folder, str(exc))
-    stored = json.loads((folder / "posterior.json").read_text(encoding="utf-8")).get("content_hash")
-    if stored != recorded:
-        _fail(folder, f"posterior hash mismatch (twin.json records {recorded}, posterior.json has {stored})")
+    _check_recorded(folder, "posterior", recorded)
     missing = [p for p in posterior.parameters if p not in twin.params]
     if missing:
         _fail(folder, f"the posterior samples {missing}, which the twin does not have")
     return posterior
+
+
+def load_ensemble(path: str | os.PathLike):
+    """The deep ensemble of the neural residual stored in a twin artifact (a `cgt_twin.bayes.ResidualEnsemble` of the
+    loaded twin), or None when it holds none. Checks the twin (as `load_twin`), the ensemble's content hash, that
+    ``twin.json`` records the same hash, and that it was made for this twin.
+
+    Raises:
+        ArtifactError: for a tampered, truncated or foreign ensemble (or twin).
+    """
+    from .bayes.ensemble import ENSEMBLE_FILES, ResidualEnsemble
+
+    folder = Path(path)
+    found = _attachment(folder, "ensemble", ENSEMBLE_FILES)
+    if found is None:
+        return None
+    twin, recorded = found
+    try:
+        ensemble = ResidualEnsemble.read(folder, twin)
+    except ValueError as exc:
+        _fail(folder, str(exc))
+    _check_recorded(folder, "ensemble", recorded)
+    return ensemble
 
 
 def append_provenance(path: str | os.PathLike, command: str, *, status: str, data_hash: str | None = None,

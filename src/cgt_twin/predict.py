@@ -4,7 +4,9 @@
 the mean and the 5 % / 95 % quantiles of a measurement (the twin's noise model: normal with σ² = σ_abs² + (σ_rel·ŷ)²,
 kept within the variable's physical bounds). With a `cgt_twin.bayes.Posterior` the bands are posterior predictive:
 every posterior draw is simulated (hierarchical batch effects drawn for new batches), and the quantiles include
-measurement noise (``band="measurement"``) or only the parameter spread (``band="parameter"``).
+measurement noise (``band="measurement"``) or only the parameter spread (``band="parameter"``). With a
+`cgt_twin.bayes.ResidualEnsemble` the neural residual's uncertainty is in the bands too: every member is simulated (with
+a posterior, each draw with one member), see `cgt_twin.bayes.ensemble`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ STATISTICS = ("mean", "q05", "q95")
 
 def predict(twin: Twin, data, times=None, *, batches: Sequence[str] | None = None,
             quantiles: tuple[float, float] = (0.05, 0.95), posterior=None, band: str = "measurement",
-            n_draws: int = 200, seed: int = 0, groups: Mapping[str, str] | None = None,
+            n_draws: int = 200, seed: int = 0, groups: Mapping[str, str] | None = None, ensemble=None,
             **simulate_kwargs) -> xr.Dataset:
     """Predicted measurements with bands.
 
@@ -45,6 +47,11 @@ def predict(twin: Twin, data, times=None, *, batches: Sequence[str] | None = Non
         seed: random seed of the draw selection, new batch effects and noise.
         groups: batch -> group level (the posterior's grouping covariate) for batches of a campaign without it, or
             of protocols; a campaign's own batch metadata is used otherwise.
+        ensemble: a `cgt_twin.bayes.ResidualEnsemble` of this twin's neural residual: every member is simulated
+            (one vmapped solve) and the bands hold the members' spread — mean over members, exact quantiles of the
+            mixture of the members' measurement distributions (``band="measurement"``) or of their predictions
+            (``band="parameter"``). With a `posterior` too, draw j is simulated with member j mod K and the bands
+            are the posterior predictive ones.
         simulate_kwargs: passed to `cgt_twin.simulate.simulate` (``settings``, ``initial_states``, ``covariates`` —
             the batch covariates a residual sees, for protocols or to override a campaign's).
 
@@ -55,7 +62,11 @@ def predict(twin: Twin, data, times=None, *, batches: Sequence[str] | None = Non
     """
     if posterior is not None:
         return _predict_posterior(twin, data, times, batches, quantiles, posterior, band, n_draws, seed, groups,
-                                  simulate_kwargs)
+                                  simulate_kwargs, ensemble)
+    if ensemble is not None:
+        from .bayes.ensemble import _predict_ensemble
+
+        return _predict_ensemble(twin, data, times, batches, quantiles, ensemble, band, simulate_kwargs)
     trajectory = simulate(twin, data, times, batches=batches, **simulate_kwargs)
     layout_states = set(json.loads(trajectory.attrs.get("states", "[]")))
     z_low, z_high = stats.norm.ppf(quantiles[0]), stats.norm.ppf(quantiles[1])
@@ -79,7 +90,7 @@ def predict(twin: Twin, data, times=None, *, batches: Sequence[str] | None = Non
 
 
 def _predict_posterior(twin, data, times, batches, quantiles, posterior, band, n_draws, seed, groups,
-                       simulate_kwargs) -> xr.Dataset:
+                       simulate_kwargs, ensemble=None) -> xr.Dataset:
     """Posterior predictive version of `predict` (same dims and statistics)."""
     from .bayes.predictive import BANDS, predictive_bands, predictive_draws
     from .data.campaign import Campaign
@@ -91,6 +102,8 @@ def _predict_posterior(twin, data, times, batches, quantiles, posterior, band, n
     if missing:
         raise CampaignValidationError(Problem("posterior", f"the posterior samples {missing}, which this twin "
                                                            "does not have: it belongs to another model"))
+    if ensemble is not None:
+        ensemble.check_twin(twin)
     settings = simulate_kwargs.get("settings")
     prepared = prepare(twin, data, times, batches=batches, initial_states=simulate_kwargs.get("initial_states"),
                        covariates=simulate_kwargs.get("covariates"))
@@ -107,7 +120,7 @@ def _predict_posterior(twin, data, times, batches, quantiles, posterior, band, n
                 if b not in group_of and pd.notna(value) and str(value).strip():
                     group_of[b] = str(value)
     observed, status, kinds, index = predictive_draws(posterior, twin, prepared, group_of, n_draws=n_draws,
-                                                      seed=seed, settings=settings)
+                                                      seed=seed, settings=settings, ensemble=ensemble)
     bands = predictive_bands(posterior, twin, observed, index, band=band, quantiles=quantiles, seed=seed)
     ds = point.copy()
     for name in ds.data_vars:
@@ -118,6 +131,8 @@ def _predict_posterior(twin, data, times, batches, quantiles, posterior, band, n
                                          for f in failed], dtype=object))
     ds.attrs = {**point.attrs, "posterior": posterior.method, "band": band, "n_draws": int(index.size),
                 "batch_kinds": json.dumps(kinds), "posterior_problems": json.dumps(list(posterior.problems))}
+    if ensemble is not None:
+        ds.attrs["ensemble"] = int(ensemble.n_members)
     return ds
 
 

@@ -8,16 +8,20 @@ posterior = sample(fit.twin, campaign, BayesConfig(hierarchical=("mu_max",), gro
                    NutsConfig(chains=4, warmup=500, draws=500), standard_errors=fit.standard_errors)
 print(posterior.report())
 bands = cgt_twin.predict.predict(fit.twin, campaign, posterior=posterior)
+ensemble = train_ensemble(hybrid_twin, campaign, n_members=5)     # the neural residual's uncertainty
+bands = cgt_twin.predict.predict(hybrid_twin, campaign, posterior=posterior, ensemble=ensemble)
 ```
 """
 
+from .ensemble import ENSEMBLE_FILES, ResidualEnsemble, ensemble_bands, ensemble_draws, train_ensemble
 from .inference import NutsConfig, laplace, potential, sample, sample_nuts, select_identifiable
 from .model import NUMERICAL_PARAMETERS, BayesConfig, Prior, TwinModel, build_model
 from .plots import plot_pairs, plot_predictive_bands, plot_trace
 from .posterior import POSTERIOR_FILES, THRESHOLDS, Posterior, PosteriorWarning
 from .predictive import BANDS, batch_parameter_draws, predictive_bands, predictive_draws
 
-__all__ = ["BANDS", "NUMERICAL_PARAMETERS", "POSTERIOR_FILES", "THRESHOLDS", "BayesConfig", "NutsConfig", "Posterior",
+__all__ = ["BANDS", "ENSEMBLE_FILES", "NUMERICAL_PARAMETERS", "POSTERIOR_FILES", "ResidualEnsemble", "ensemble_bands",
+           "ensemble_draws", "train_ensemble", "THRESHOLDS", "BayesConfig", "NutsConfig", "Posterior",
            "PosteriorWarning", "Prior", "TwinModel", "batch_parameter_draws", "build_model", "laplace", "plot_pairs",
            "plot_predictive_bands", "plot_trace", "potential", "predictive_bands", "predictive_draws", "sample",
            "sample_nuts", "select_identifiable"]

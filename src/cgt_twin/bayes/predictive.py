@@ -20,7 +20,7 @@ from ..models.twin import Twin
 from ..simulate import Prepared, SolverSettings, _observe, _scatter, _solve_batches
 from .posterior import Posterior
 
-__all__ = ["batch_parameter_draws", "predictive_draws", "predictive_bands", "BANDS"]
+__all__ = ["batch_parameter_draws", "predictive_draws", "predictive_bands", "draw_observations", "BANDS"]
 
 BANDS = ("measurement", "parameter")
 _CHUNK = 64
@@ -101,10 +101,67 @@ def _solve(kinetics, settings: SolverSettings, params, y0, encoded):
     return jax.vmap(one)(params, y0)
 
 
+@eqx.filter_jit
+def _solve_members(kinetics, settings: SolverSettings, residuals, params, y0, encoded):
+    """Like `_solve`, each draw with its own neural residual (`residuals`: the network with a leading draw axis on
+    every weight): one compilation per model structure, whatever the weights."""
+
+    def one(r, p, y):
+        model = eqx.tree_at(lambda k: k.residual, kinetics, r)
+        enc = encoded._replace(y0=y)
+        pre, post, status, _ = _solve_batches(model, settings, p, enc, True)
+        states = jnp.stack([pre, post], axis=2)
+        return _observe(model, p, states, True), status
+
+    return jax.vmap(one)(residuals, params, y0)
+
+
+def draw_observations(twin: Twin, prepared: Prepared, values: Mapping[str, np.ndarray], y0: np.ndarray, *,
+                      settings: SolverSettings | None = None, residuals=None,
+                      chunk: int = _CHUNK) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Solves draws of parameter values (name -> (draw, batch)) and initial states (draw, batch, state) on the
+    batches of `prepared`, in equal chunks of draws (one compilation), optionally each draw with its own residual
+    weights (`residuals`: the twin's network with a leading draw axis, see `cgt_twin.bayes.ResidualEnsemble`).
+
+    Returns:
+        ``(observed, status)``: name -> (draw, batch, time, phase) on ``prepared.grid`` (NaN where a batch has no
+        output or its solve failed) and the status codes (draw, batch).
+    """
+    settings = settings or SolverSettings()
+    n = y0.shape[0]
+    chunk = min(chunk, n)
+    padded = -(-n // chunk) * chunk
+    pad = lambda a: np.concatenate([a, np.repeat(a[-1:], padded - n, axis=0)])  # noqa: E731
+    full = {k: pad(np.asarray(v)) for k, v in values.items()}
+    y0 = pad(np.asarray(y0))
+    if residuals is not None:
+        residuals = jax.tree.map(lambda a: jnp.asarray(pad(np.asarray(a))), residuals)
+    parts = []
+    for start in range(0, padded, chunk):
+        part = {k: jnp.asarray(v[start:start + chunk]) for k, v in full.items()}
+        y = jnp.asarray(y0[start:start + chunk])
+        if residuals is None:
+            parts.append(jax.device_get(_solve(twin.kinetics, settings, part, y, prepared.encoded)))
+        else:
+            weights = jax.tree.map(lambda a, start=start: a[start:start + chunk], residuals)
+            parts.append(jax.device_get(_solve_members(twin.kinetics, settings, weights, part, y, prepared.encoded)))
+    status = np.concatenate([p[1] for p in parts])[:n]
+    observed = {}
+    for name in parts[0][0]:
+        own = np.concatenate([p[0][name] for p in parts])[:n]  # (draw, batch, own time, phase)
+        observed[name] = _scatter(own, prepared.grid_index, prepared.grid.size)
+        observed[name][status != 0] = np.nan
+    return observed, status
+
+
 def predictive_draws(posterior: Posterior, twin: Twin, prepared: Prepared,
                      groups: Mapping[str, str | None] | None = None, *, n_draws: int = 200, seed: int = 0,
-                     settings: SolverSettings | None = None) -> tuple[dict[str, np.ndarray], np.ndarray, dict, np.ndarray]:
+                     settings: SolverSettings | None = None,
+                     ensemble=None) -> tuple[dict[str, np.ndarray], np.ndarray, dict, np.ndarray]:
     """Predicted (noise-free) observed variables of each posterior draw on the batches of `prepared`.
+
+    With an `ensemble` (a `cgt_twin.bayes.ResidualEnsemble` of the twin's neural residual), draw j is solved with
+    member j mod K (round robin over the selected draws, so every member carries the same number of draws).
 
     Returns:
         ``(observed, status, kinds, index)``: name -> (draw, batch, time, phase) on ``prepared.grid`` (NaN where a
@@ -123,22 +180,11 @@ def predictive_draws(posterior: Posterior, twin: Twin, prepared: Prepared,
             if batch in posterior.meta["batches"]:
                 k = posterior.meta["batches"].index(batch)
                 y0[:, b, states] = np.exp(posterior.flat("log_initial")[index, k])
-    chunk = min(_CHUNK, n)
-    padded = -(-n // chunk) * chunk
-    pad = lambda a: np.concatenate([a, np.repeat(a[-1:], padded - n, axis=0)])  # noqa: E731
-    full = {k: pad(v) for k, v in values.items()}
-    y0 = pad(y0)
-    parts = []
-    for start in range(0, padded, chunk):
-        part = {k: jnp.asarray(v[start:start + chunk]) for k, v in full.items()}
-        parts.append(jax.device_get(_solve(twin.kinetics, settings, part, jnp.asarray(y0[start:start + chunk]),
-                                           prepared.encoded)))
-    status = np.concatenate([p[1] for p in parts])[:n]
-    observed = {}
-    for name in parts[0][0]:
-        own = np.concatenate([p[0][name] for p in parts])[:n]  # (draw, batch, own time, phase)
-        observed[name] = _scatter(own, prepared.grid_index, prepared.grid.size)
-        observed[name][status != 0] = np.nan
+    residuals = None
+    if ensemble is not None:
+        ensemble.check_twin(twin)
+        residuals = ensemble.take(np.arange(n) % ensemble.n_members)
+    observed, status = draw_observations(twin, prepared, values, y0, settings=settings, residuals=residuals)
     return observed, status, kinds, index
 
 

@@ -118,6 +118,14 @@ def read_calibration_config(path: str | Path | None, *, holdout: tuple[str, ...]
                 problems.append(Problem(str(path), f"[{table}] has no setting {key!r}; known: {', '.join(sorted(names))}",
                                         column=key))
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names}
+        if isinstance(values.get("solver"), dict):  # a [<table>.solver] sub-table: SolverSettings fields
+            from ..simulate import SolverSettings
+
+            try:
+                values["solver"] = SolverSettings(**values["solver"])
+            except TypeError as exc:
+                problems.append(Problem(str(path), f"[{table}.solver]: {exc}", column="solver"))
+                values.pop("solver")
         values.update(extra or {})
         return values
 

@@ -91,7 +91,8 @@ def _trainable(twin: Twin, parameters) -> dict:
 
 
 def train_hybrid(twin: Twin, campaign: Campaign, noise: Mapping[str, tuple[float, float]],
-                 config: TrainConfig | None = None) -> TrainResult:
+                 config: TrainConfig | None = None, *,
+                 batch_weights: Mapping[str, float] | None = None) -> TrainResult:
     """Trains the residual of a hybrid `twin` (see the module docstring).
 
     Args:
@@ -99,6 +100,10 @@ def train_hybrid(twin: Twin, campaign: Campaign, noise: Mapping[str, tuple[float
         campaign: the data; batches whose feeds are unknown are skipped.
         noise: variable -> (σ_abs, σ_rel), e.g. `FitResult.noise` of the mechanistic stage.
         config: the settings.
+        batch_weights: training batch -> weight of its negative log-likelihood in the loss (default 1 each). A
+            bootstrap resample (`cgt_twin.bayes.train_ensemble`) gives each batch the number of times it was drawn;
+            a weight of 0 leaves a batch out of the loss while it is still solved, so every resample of a campaign
+            has the same shapes and reuses one compilation. Validation losses are not weighted.
 
     Raises:
         CampaignValidationError: for bad input (before compiling).
@@ -126,6 +131,15 @@ def train_hybrid(twin: Twin, campaign: Campaign, noise: Mapping[str, tuple[float
         problems.append(Problem("campaign", "no training batches left"))
     problems += [Problem("parameters", f"unknown parameter {p!r}") for p in config.parameters
                  if p not in twin.params]
+    weights = dict(batch_weights or {})
+    problems += [Problem("batch_weights", f"{b!r} is not a training batch", batch=str(b)) for b in weights
+                 if b not in train_batches]
+    bad_weights = [b for b, w in weights.items() if not _valid_weight(w)]
+    problems += [Problem("batch_weights", f"weight must be a finite number >= 0, got {weights[b]!r}", batch=str(b))
+                 for b in bad_weights]
+    if weights and train_batches and not bad_weights and not any(float(weights.get(b, 1.0)) > 0
+                                                                 for b in train_batches):
+        problems.append(Problem("batch_weights", "every training batch has weight 0"))
     if problems:
         raise CampaignValidationError(problems, header="cannot train")
 
@@ -140,7 +154,8 @@ def train_hybrid(twin: Twin, campaign: Campaign, noise: Mapping[str, tuple[float
     base_params = dict(twin.params)
     fixed = {"params": {k: jnp.asarray(v, dtype=jnp.float64) for k, v in base_params.items()},
              "sigma_abs": jnp.asarray([noise[v][0] for v in variables])[:, None, None, None],
-             "sigma_rel": jnp.asarray([noise[v][1] for v in variables])[:, None, None, None]}
+             "sigma_rel": jnp.asarray([noise[v][1] for v in variables])[:, None, None, None],
+             "weights": jnp.asarray([float(weights.get(b, 1.0)) for b in train_batches], dtype=jnp.float64)}
     static = (config.solver, tuple(variables))
     optimiser = _optimiser(float(config.learning_rate), float(config.weight_decay), float(config.clip_norm))
     trainable = _trainable(twin, parameters)
@@ -160,7 +175,8 @@ def train_hybrid(twin: Twin, campaign: Campaign, noise: Mapping[str, tuple[float
     key = fingerprint({"variables": variables, "train": train_batches, "validation": list(config.validation),
                        "config": {k: v for k, v in dataclasses.asdict(config).items()
                                   if k not in ("steps", "progress", "checkpoint_dir", "checkpoint_every")},
-                       "spec": spec, "params": {k: float(v) for k, v in base_params.items()}})
+                       "spec": spec, "params": {k: float(v) for k, v in base_params.items()},
+                       **({"batch_weights": {b: float(weights[b]) for b in sorted(weights)}} if weights else {})})
     history: list[dict] = []
     first_step, resumed = 0, None
     state = {"trainable": trainable, "opt_state": opt_state, "best": trainable}
@@ -214,6 +230,14 @@ def train_hybrid(twin: Twin, campaign: Campaign, noise: Mapping[str, tuple[float
                        resumed)
 
 
+def _valid_weight(value) -> bool:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return False
+    return math.isfinite(value) and value >= 0
+
+
 @functools.lru_cache(maxsize=32)
 def _optimiser(learning_rate: float, weight_decay: float, clip_norm: float) -> optax.GradientTransformation:
     """AdamW with global-norm clipping; one object per setting, so compiled steps are reused across fits."""
@@ -236,8 +260,8 @@ def _batch_losses(kinetics: HybridKinetics, trainable, fixed, problem, static):
 
 @eqx.filter_jit
 def _train_step(kinetics: HybridKinetics, trainable, opt_state, fixed, problem, static, optimiser):
-    def loss(t):
-        return jnp.sum(_batch_losses(kinetics, t, fixed, problem, static))
+    def loss(t):  # a zero weight times a finite loss is 0; a failed solve (NaN) stays NaN and stops the fit
+        return jnp.sum(fixed["weights"] * _batch_losses(kinetics, t, fixed, problem, static))
 
     value, grads = eqx.filter_value_and_grad(loss)(trainable)
     updates, opt_state = optimiser.update(grads, opt_state, eqx.filter(trainable, eqx.is_array))
