@@ -56,6 +56,7 @@ OBJECTIVE_TERMS = {
     "viable_cells": "viable-cell yield, final vcd × volume, 1e9 cells",
     "glucose_band": "−mean squared distance of glucose from `glucose_band` over the check times, mM²",
 }
+_STALL = 10  # evaluations without progress that end the iteration (see `MPCConfig.tolerance`)
 _LIMITS = (("glucose", "glucose_min", "lower"), ("glucose", "glucose_max", "upper"),
            ("lactate", "lactate_max", "upper"), ("ammonia", "ammonia_max", "upper"))
 
@@ -85,7 +86,9 @@ class MPCConfig:
         penalty: weight of the squared relative constraint violation against the (normalised) objective.
         max_evaluations: objective-and-gradient evaluations per call (the real-time iteration's bound).
         tolerance: the plan counts as ``"converged"`` when the projected gradient of the penalised merit (objective
-            normalised by its first value; volumes relative to `bolus_max_l`) is below this in every decision.
+            normalised by its first value; volumes relative to `bolus_max_l`) is below this in every decision, or
+            when 10 evaluations in a row (across calls) improved the merit by less than this, relatively (the chance
+            constraints' quantiles have kinks, where gradients need not vanish).
         time_budget_s: wall-time budget of one call, s.
         fallback_bolus_l: the default bolus (L) at every decision when there is no previous plan to fall back to.
         seed: draw selection.
@@ -489,7 +492,7 @@ class FeedingController:
         evaluations, last_seconds, status = 0, 0.0, "improving"
         best = dict(state) if same_belief and state.get("f") is not None else {"x": state["x"], "f": None}
         candidate = state.get("candidate")
-        alpha, radius = state.get("alpha"), state.get("radius", 0.2)
+        alpha, radius, stall = state.get("alpha"), state.get("radius", 0.2), state.get("stall", 0)
 
         def propose(x, g):
             """The next candidate: a Barzilai–Borwein step (a normalised gradient step before there is one),
@@ -517,6 +520,8 @@ class FeedingController:
                 finite = np.isfinite(merit) and np.all(np.isfinite(grad))
                 if not finite and best.get("g") is None:
                     break  # the current plan itself cannot be evaluated: fall back
+                gain = (best["f"] - merit) if (finite and best["f"] is not None and same_belief) else np.inf
+                stall = stall + 1 if gain <= config.tolerance * max(abs(best["f"] or 0.0), 1.0) else 0
                 if finite and (best["f"] is None or merit < best["f"] or not same_belief):
                     if best.get("g") is not None and candidate is not None:
                         step, change = trial - best["x"], grad - best["g"]
@@ -529,7 +534,7 @@ class FeedingController:
                     radius /= 2
                 candidate = propose(best["x"], best["g"])
                 pg = np.max(np.abs(project(best["x"] - best["g"]) - best["x"]), initial=0.0)
-                if pg <= config.tolerance or radius < 1e-7:
+                if pg <= config.tolerance or radius < 1e-7 or stall >= _STALL:
                     status = "converged"
                     break
         except Exception as exc:  # noqa: BLE001  (any optimiser failure becomes a status, never a crash)
@@ -541,7 +546,7 @@ class FeedingController:
             self._iterate = None
             return self._finish(call, call.fallback, status, evaluations)
         self._iterate = {"times": tuple(float(t) for t in call.future), "x": best["x"], "f": best["f"],
-                         "g": best["g"], "candidate": candidate, "alpha": alpha, "radius": radius,
+                         "g": best["g"], "candidate": candidate, "alpha": alpha, "radius": radius, "stall": stall,
                          "context": context, "report": best["report"]}
         volumes = best["x"] * u_max
         projected = self._project(volumes, call)
@@ -560,6 +565,7 @@ class FeedingController:
         whole = len(index) == len(kept["times"])  # same decisions: the kept merit and predictions still apply
         return {"x": pick(kept["x"]), "f": kept["f"] if whole else None, "g": pick(kept["g"]),
                 "candidate": pick(kept["candidate"]), "alpha": kept["alpha"], "radius": kept["radius"],
+                "stall": kept["stall"] if whole else 0,
                 "context": kept["context"] if whole else None, "report": kept["report"] if whole else None}
 
     def _finish(self, call: _Call, volumes: np.ndarray, status: str, evaluations: int, reuse=None) -> Plan:
