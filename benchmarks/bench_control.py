@@ -313,8 +313,7 @@ def _loop_records(loop: dict) -> list[dict]:
     if b and c:
         out.append(_record("(c) violation hours vs (b)", c["violation_hours"], "h",
                            peer=f"(b) {b['violation_hours']} h", target="fewer than (b)",
-                           met=c["violation_hours"] < b["violation_hours"] or c["violation_hours"] == 0 ==
-                           b["violation_hours"]))
+                           met=(c["violation_hours"] < b["violation_hours"]) if b["violation_hours"] else None))
     d9 = rows.get("do-mpc 9 scenarios")
     if d9 and c:
         out.append(_record("(c) closed-loop objective vs do-mpc 9 scenarios", c["objective"], OBJECTIVE_UNIT,
