@@ -3,6 +3,11 @@ compilation."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from types import SimpleNamespace
+
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import stats
@@ -11,6 +16,7 @@ from cgt_twin.data import CampaignValidationError, Event, Medium, Protocol
 from cgt_twin.data.synthetic import NoiseModel, SamplingPlan, synthetic_campaign
 from cgt_twin.fit import FitConfig, fit_mechanistic, negative_log_likelihood
 from cgt_twin.models import CHOFedBatch, TCellExpansion, Twin
+from cgt_twin.simulate import SolverSettings
 
 FEED = Medium("feed", {"glucose": 400.0, "glutamine": 40.0})
 
@@ -80,3 +86,56 @@ def test_bad_input_is_rejected_before_compiling(noise_free, config, phrase):
 def test_mismatched_cell_type_is_rejected(noise_free):
     with pytest.raises(CampaignValidationError, match="not tcell cultures"):
         fit_mechanistic(Twin(TCellExpansion()), noise_free)
+
+
+# a solver budget so tight (64 steps a segment) that the defaults simulate and mu_max at its upper bound (0.2 1/h) does
+# not; priors off, so nothing but the data steers the least squares
+TIGHT = FitConfig(variables=VARIABLES, parameters=("mu_max", "q_p"), initial_states=(), prior_weight=0.0, rounds=2,
+                  max_steps=30, solver=SolverSettings(max_steps=64))
+
+
+@pytest.mark.parametrize(("failing_round", "kept"), [(1, "the start"), (2, "the optimum of round 1")])
+def test_an_optimum_that_cannot_be_simulated_falls_back_to_the_best_point_that_can(noise_free, monkeypatch,
+                                                                                  failing_round, kept):
+    # A Levenberg–Marquardt step never accepts a failed solve when its start simulates (a failed solve costs 1e3 per
+    # residual), so the step is forced: in `failing_round` it returns mu_max at its upper bound, where the tight solver
+    # fails.
+    from cgt_twin.fit import mechanistic
+
+    real = mechanistic._programs
+    calls = []
+
+    def programs(*key):
+        compiled = real(*key)
+
+        def least_squares(z, args):
+            calls.append(1)
+            if len(calls) == failing_round:
+                return {**z, "params": z["params"].at[0].set(math.log(0.2))}, jnp.asarray(True), jnp.asarray(3)
+            return compiled.least_squares(z, args)
+
+        return SimpleNamespace(predict=compiled.predict, jacobian=compiled.jacobian, least_squares=least_squares)
+
+    monkeypatch.setattr(mechanistic, "_programs", programs)
+    start = Twin(CHOFedBatch())
+    result = fit_mechanistic(start, noise_free, TIGHT)
+    assert result.status == (f"fallback: the least-squares optimum cannot be simulated (round {failing_round}); kept "
+                             f"{kept}, the best simulatable point"), result
+    assert math.isfinite(result.objective) and len(calls) == failing_round
+    assert result.stages[-1].endswith(f"kept {kept}")
+    if failing_round == 1:  # the start, with its noise estimated as after a round
+        assert float(result.twin.params["mu_max"]) == pytest.approx(float(start.params["mu_max"]), rel=1e-12)
+        assert all(rel != pytest.approx(0.05) for _, rel in result.noise.values())  # not the initial guess
+    else:  # round 1 reached the truth
+        assert float(result.twin.params["mu_max"]) == pytest.approx(TRUTH["mu_max"], rel=1e-3)
+
+
+def test_a_start_that_cannot_be_simulated_is_named_and_a_simulatable_start_wins(noise_free):
+    start = Twin(CHOFedBatch(), {"mu_max": 0.2})  # fails with 64 steps a segment
+    alone = fit_mechanistic(start, noise_free, TIGHT)
+    assert "no start can be simulated" in alone.status and "max_steps 64 a segment" in alone.status, alone.status
+    assert float(alone.twin.params["mu_max"]) == 0.2 and alone.objective == math.inf
+    two = fit_mechanistic(start, noise_free, dataclasses.replace(TIGHT, n_starts=2))  # the second drawn from the priors
+    assert two.starts[0] == math.inf and math.isfinite(two.starts[1]) and two.objective == two.starts[1]
+    assert two.status in ("ok", "maximum steps reached"), two.status
+    assert float(two.twin.params["mu_max"]) == pytest.approx(TRUTH["mu_max"], rel=1e-2)

@@ -95,7 +95,11 @@ class FitResult:
             the prior's σ (the posterior is mostly the prior).
         batches: the batches the fit used.
         seconds: wall time.
-        status: "ok" or why the optimiser stopped.
+        status: "ok", "maximum steps reached", or why the optimiser stopped. ``"fallback: …"``: a Levenberg–Marquardt
+            optimum could not be simulated (or had non-finite parameters), so the fit kept the best point that can be
+            (the round's start: the previous round's optimum, or the start itself with its noise estimated). When no
+            start can be simulated with `FitConfig.solver` (e.g. a ``max_steps`` too tight for a stiff model), the
+            status says so and the parameters are the starting values.
         stages: what the best start did (iterations per round).
     """
 
@@ -334,12 +338,25 @@ def fit_mechanistic(twin: Twin, campaign: Campaign, config: FitConfig | None = N
         for round_index in range(config.rounds):
             args["sd"] = sd_of(log_noise, prediction)
             new_z, converged, steps = programs.least_squares(z, args)
+            failure = None
             if not bool(jnp.all(jnp.isfinite(new_z["params"]))):
-                status = "non-finite parameters (a simulation failed)"
-                break
-            new_value, new_prediction = objective(new_z, log_noise)
-            if not math.isfinite(new_value):
-                status = "the least-squares optimum cannot be simulated"
+                failure = "non-finite parameters (a simulation failed)"
+            else:
+                new_value, new_prediction = objective(new_z, log_noise)
+                if not math.isfinite(new_value):
+                    failure = "the least-squares optimum cannot be simulated"
+            if failure is not None:
+                if not math.isfinite(value):  # nothing simulatable yet: no point to fall back to
+                    status = failure
+                    break
+                # fall back to the best simulatable point: this round's start (the previous round's optimum, or the
+                # start itself, whose noise is then estimated as after a round)
+                kept = "the start" if round_index == 0 else f"the optimum of round {round_index}"
+                if round_index == 0:
+                    log_noise = _update_noise(prediction, data, floors, log_noise)
+                    value, prediction = objective(z, log_noise)
+                notes.append(f"round {round_index + 1}: LM {int(steps)} steps, {failure}; kept {kept}")
+                status = f"fallback: {failure} (round {round_index + 1}); kept {kept}, the best simulatable point"
                 break
             new_noise = _update_noise(new_prediction, data, floors, log_noise)
             new_value, _ = objective(new_z, new_noise)
@@ -358,6 +375,10 @@ def fit_mechanistic(twin: Twin, campaign: Campaign, config: FitConfig | None = N
                           for _ in range(config.n_starts - 1)]
     results = [run(log_params) for log_params in starts]
     best_z, best_noise, best_value, status, notes = min(results, key=lambda r: r[2])
+    if not math.isfinite(best_value):
+        status = (f"{status}: no start can be simulated with the fit's solver settings (FitConfig.solver: "
+                  f"{config.solver.solver or kinetics.solver}, max_steps {config.solver.max_steps} a segment); the "
+                  "parameters are the starting values")
 
     fitted_log = np.clip(np.asarray(best_z["params"]), lower, upper)
     fitted = {**{k: float(v) for k, v in twin.params.items()},
