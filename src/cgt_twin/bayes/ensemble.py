@@ -56,7 +56,7 @@ from ..data.errors import CampaignValidationError, Problem
 from ..data.variables import CANONICAL_VARIABLES
 from ..hybrid import HybridKinetics, NeuralResidual, hybrid
 from ..models.twin import Twin
-from .posterior import _hash, _jsonable
+from .posterior import _hash, _jsonable, read_hashed
 
 __all__ = ["ResidualEnsemble", "train_ensemble", "ensemble_draws", "ensemble_bands", "ENSEMBLE_FILES"]
 
@@ -228,16 +228,7 @@ class ResidualEnsemble:
             ValueError: for a missing, unreadable, modified or foreign ensemble (the message says which).
         """
         folder = Path(folder)
-        try:
-            document = json.loads((folder / "ensemble.json").read_text(encoding="utf-8"))
-            array_bytes = (folder / "ensemble.npz").read_bytes()
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"unreadable ensemble in {folder} ({exc})") from None
-        if not isinstance(document, dict) or document.get("format") != "cgt_twin ensemble":
-            raise ValueError(f"{folder / 'ensemble.json'} is not a cgt_twin ensemble")
-        body = {k: v for k, v in document.items() if k != "content_hash"}
-        if _hash(body, array_bytes) != document.get("content_hash"):
-            raise ValueError(f"ensemble content hash mismatch in {folder}: modified or truncated after it was written")
+        body, array_bytes = read_hashed(folder, "ensemble")
         try:
             return cls._from_body(body, array_bytes, twin)
         except (KeyError, TypeError, IndexError) as exc:

@@ -284,22 +284,31 @@ class Posterior:
             ValueError: for a missing, unreadable or modified posterior (the message says which).
         """
         folder = Path(folder)
-        try:
-            document = json.loads((folder / "posterior.json").read_text(encoding="utf-8"))
-            array_bytes = (folder / "posterior.npz").read_bytes()
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"unreadable posterior in {folder} ({exc})") from None
-        if not isinstance(document, dict) or document.get("format") != "cgt_twin posterior":
-            raise ValueError(f"{folder / 'posterior.json'} is not a cgt_twin posterior")
-        body = {k: v for k, v in document.items() if k != "content_hash"}
-        if _hash(body, array_bytes) != document.get("content_hash"):
-            raise ValueError(f"posterior content hash mismatch in {folder}: modified or truncated after it was "
-                             "written")
+        body, array_bytes = read_hashed(folder, "posterior")
         with np.load(_io.BytesIO(array_bytes), allow_pickle=False) as stored:
             samples = {k[len("sample__"):]: stored[k] for k in stored.files if k.startswith("sample__")}
             stats = {k[len("stat__"):]: stored[k] for k in stored.files if k.startswith("stat__")}
-        return cls(samples, stats, document["meta"], document.get("diagnostics", {}),
-                   tuple(document.get("problems", ())))
+        return cls(samples, stats, body["meta"], body.get("diagnostics", {}), tuple(body.get("problems", ())))
+
+
+def read_hashed(folder: Path, kind: str) -> tuple[dict, bytes]:
+    """The JSON body and array bytes of ``<kind>.json`` + ``<kind>.npz`` in `folder` (a posterior, an ensemble), after
+    checking the format and the content hash.
+
+    Raises:
+        ValueError: for missing, unreadable, foreign or modified files (the message says which).
+    """
+    try:
+        document = json.loads((folder / f"{kind}.json").read_text(encoding="utf-8"))
+        array_bytes = (folder / f"{kind}.npz").read_bytes()
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"unreadable {kind} in {folder} ({exc})") from None
+    if not isinstance(document, dict) or document.get("format") != f"cgt_twin {kind}":
+        raise ValueError(f"{folder / f'{kind}.json'} is not a cgt_twin {kind}")
+    body = {k: v for k, v in document.items() if k != "content_hash"}
+    if _hash(body, array_bytes) != document.get("content_hash"):
+        raise ValueError(f"{kind} content hash mismatch in {folder}: modified or truncated after it was written")
+    return body, array_bytes
 
 
 def _hash(body: Mapping, array_bytes: bytes) -> str:
