@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import dataclasses
 import io as _io
-import json
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -56,7 +55,7 @@ from ..data.errors import CampaignValidationError, Problem
 from ..data.variables import CANONICAL_VARIABLES
 from ..hybrid import HybridKinetics, NeuralResidual, hybrid
 from ..models.twin import Twin
-from .posterior import _hash, _jsonable, read_hashed
+from .posterior import _jsonable, read_hashed, write_hashed
 
 __all__ = ["ResidualEnsemble", "train_ensemble", "ensemble_draws", "ensemble_bands", "ENSEMBLE_FILES"]
 
@@ -214,11 +213,7 @@ class ResidualEnsemble:
         folder = Path(folder)
         array_bytes = self._array_bytes()
         body = self._body()
-        digest = _hash(body, array_bytes)
-        (folder / "ensemble.npz").write_bytes(array_bytes)
-        (folder / "ensemble.json").write_text(json.dumps({**body, "content_hash": digest}, indent=2, sort_keys=True)
-                                              + "\n", encoding="utf-8")
-        return digest
+        return write_hashed(folder, "ensemble", body, array_bytes)
 
     @classmethod
     def read(cls, folder: str | os.PathLike, twin: Twin) -> ResidualEnsemble:

@@ -270,11 +270,7 @@ class Posterior:
         array_bytes = self._array_bytes()
         body = {"format": "cgt_twin posterior", "version": 1, "meta": self.meta,
                 "diagnostics": _jsonable(self.diagnostics), "problems": list(self.problems)}
-        digest = _hash(body, array_bytes)
-        (folder / "posterior.npz").write_bytes(array_bytes)
-        (folder / "posterior.json").write_text(json.dumps({**body, "content_hash": digest}, indent=2, sort_keys=True)
-                                               + "\n", encoding="utf-8")
-        return digest
+        return write_hashed(folder, "posterior", body, array_bytes)
 
     @classmethod
     def read(cls, folder: str | os.PathLike) -> Posterior:
@@ -289,6 +285,15 @@ class Posterior:
             samples = {k[len("sample__"):]: stored[k] for k in stored.files if k.startswith("sample__")}
             stats = {k[len("stat__"):]: stored[k] for k in stored.files if k.startswith("stat__")}
         return cls(samples, stats, body["meta"], body.get("diagnostics", {}), tuple(body.get("problems", ())))
+
+
+def write_hashed(folder: Path, kind: str, body: Mapping, array_bytes: bytes) -> str:
+    """Writes ``<kind>.npz`` and ``<kind>.json`` (the body with its content hash) into `folder`; returns the hash."""
+    digest = _hash(body, array_bytes)
+    (folder / f"{kind}.npz").write_bytes(array_bytes)
+    (folder / f"{kind}.json").write_text(json.dumps({**body, "content_hash": digest}, indent=2, sort_keys=True) + "\n",
+                                         encoding="utf-8")
+    return digest
 
 
 def read_hashed(folder: Path, kind: str) -> tuple[dict, bytes]:
