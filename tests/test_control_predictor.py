@@ -14,7 +14,7 @@ import cgt_twin  # noqa: F401  (float64)
 from cgt_twin import CampaignValidationError, Event, Medium, Protocol
 from cgt_twin.control import Predictor, PredictorSettings
 from cgt_twin.control.filter import weighted_quantiles
-from cgt_twin.control.propagate import event_rows, inputs_at, propagate, segments
+from cgt_twin.control.propagate import event_rows, inputs_at, propagate, propagate_at, segments
 from cgt_twin.models import CHOFedBatch
 from cgt_twin.models.twin import Twin
 from cgt_twin.simulate import SolverSettings, simulate
@@ -76,6 +76,33 @@ def test_propagation_from_mid_batch_matches_simulate(twin):
         row = int(np.searchsorted(table.t1, t - 1e-9))  # the first row ending at t: before any event there
         expected = np.asarray([float(reference[n].sel(batch="b", phase="pre", time=t).values) for n in names])
         np.testing.assert_allclose(np.asarray(ends[0, row]), expected, rtol=1e-6, atol=1e-8)
+
+
+def test_interpolated_outputs_match_simulate_and_take_pre_event_values():
+    """`propagate_at` (rows at the events only, outputs interpolated inside them) reproduces simulate's values at
+    output times between events and at an event time (the value before the bolus), and an empty padded row changes
+    nothing; a particle whose solve fails gets NaN from its failed row on, never plausible numbers."""
+    protocol = Protocol(1.0, (Event(72.0, "bolus", 0.05, "L", medium="feed"), Event(100.0, "bolus", 0.03, "L",
+                                                                                       medium="feed"),
+                              Event(144.0, "harvest")), {"feed": Medium("feed", {"glucose": 300.0, "glutamine": 30.0})})
+    model = Twin(CHOFedBatch())
+    times = [60.0, 66.5, 72.0, 80.25, 100.0, 131.0, 144.0]
+    settings = SolverSettings(rtol=1e-9, atol=1e-11)
+    reference = simulate(model, {"b": protocol}, times=times, initial_states={"b": {**INITIAL, "volume": 1.0}},
+                         settings=settings)
+    names = model.kinetics.layout.names
+    expected = np.asarray([[float(reference[n].sel(batch="b", phase="pre", time=t).values) for n in names]
+                           for t in times])
+    rows = event_rows(model.kinetics, protocol)
+    inputs = inputs_at(model.kinetics, rows, 60.0, model.params)
+    params = {k: jnp.asarray([v, v]) for k, v in model.params.items()}
+    y60 = jnp.asarray(np.stack([expected[0], expected[0] * np.where(np.arange(len(names)) == 0, np.nan, 1.0)]))
+    for n_rows in (3, 8):  # exactly the rows needed (start, two boluses), and padded with empty rows
+        table = segments(model.kinetics, rows, 60.0, 144.0, n_rows=n_rows)
+        values, status = propagate_at(model.kinetics, settings, params, y60, inputs, table, jnp.asarray(times[1:]))
+        assert int(status[0]) == 0 and int(status[1]) != 0
+        np.testing.assert_allclose(np.asarray(values[0]), expected[1:], rtol=1e-6, atol=1e-8)
+        assert np.all(np.isnan(np.asarray(values[1])))
 
 
 def test_weighted_quantiles_match_numpy():

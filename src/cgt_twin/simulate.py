@@ -229,19 +229,26 @@ def segments_needed(kinetics: AbstractKinetics, protocol: Protocol, grid: np.nda
 
 
 def scan_segments(kinetics: AbstractKinetics, settings: SolverSettings, params, y0, inputs: Inputs, t0, t1, code,
-                  amount, conc, dt0: float = 0.1):
+                  amount, conc, dt0: float = 0.1, save_ts=None):
     """The segmented solve, shared by simulation and control: segment i applies its event at ``t0[i]``
     (`cgt_twin.models.balance.apply_event`), then integrates to ``t1[i]``, from state `y0` and `inputs`.
 
     The scan body is kept to the event jump and the solve: on CPU every extra small operation inside the loop costs a
-    kernel launch per segment (and saving at many times inside a solve costs more than a segment boundary), so each
-    solve saves only its end, and any selection or check happens after the scan. Each segment starts with the step
+    kernel launch per segment, so any selection or check happens after the scan. Each segment starts with the step
     size the previous one ended with (the first with `dt0`, h).
 
+    Args:
+        save_ts: optional sorted times (K,), h: each segment also returns its solution at these times clipped to the
+            segment, by the solver's dense interpolation (no extra steps). A forecast saves its output times this way
+            instead of making each a segment boundary: every boundary restarts the solver for every particle
+            (measured on the 72 h forecast of 256 CHO particles: 32 ms with 16 boundaries, 13 ms with one segment
+            and 12 interpolated times, while the solver took ~60 steps).
+
     Returns:
-        ``(starts, ends, codes, steps, inputs_end)``: the state right after each event and at each segment's end
-        (segment, state; canonical units), a status code per segment (a diffrax result, or `NONFINITE_STATE`), the
-        accepted steps per segment, and the inputs after the last event.
+        ``(starts, ends, codes, steps, inputs_end, saved)``: the state right after each event and at each segment's
+        end (segment, state; canonical units), a status code per segment (a diffrax result, or `NONFINITE_STATE`),
+        the accepted steps per segment, the inputs after the last event, and with `save_ts` the states at those
+        times (segment, K, state) — None without.
     """
     scale = jnp.asarray(kinetics.state_scales())
     solver = settings.make_solver(kinetics)
@@ -249,24 +256,37 @@ def scan_segments(kinetics: AbstractKinetics, settings: SolverSettings, params, 
     adjoint = settings.make_adjoint()
     term = dfx.ODETerm(lambda t, z, u: vector_field(kinetics, t, z * scale, u, params) / scale)
 
+    def solve(z, u, dt, start, end):
+        length = end - start
+        saveat = dfx.SaveAt(t1=True) if save_ts is None else dfx.SaveAt(ts=jnp.clip(save_ts, start, end), t1=True)
+        sol = dfx.diffeqsolve(term, solver, start, end, jnp.clip(dt, 1e-6, jnp.maximum(length, 1e-6)), z, args=u,
+                              saveat=saveat, stepsize_controller=controller,
+                              max_steps=settings.max_steps, throw=False, adjoint=adjoint)
+        steps = sol.stats["num_accepted_steps"]
+        dt = jnp.where(steps > 0, length / jnp.maximum(steps, 1), dt)
+        saved = None if save_ts is None else sol.ys[:-1]
+        return sol.ys[-1], dt, sol.result._value.astype(jnp.int32), steps.astype(jnp.int32), saved
+
+    def skip(z, u, dt, start, end):  # an empty segment (padding, or events at one time): nothing to integrate
+        saved = None if save_ts is None else jnp.broadcast_to(z, (save_ts.shape[0], *z.shape))
+        return z, dt, jnp.asarray(0, jnp.int32), jnp.asarray(0, jnp.int32), saved
+
     def step(carry, xs):
         z, u, dt = carry
         start, end, event, size, medium = xs
         y, u = apply_event(kinetics, start, z * scale, u, event, size, medium, params)
         z = y / scale
-        length = end - start
-        sol = dfx.diffeqsolve(term, solver, start, end, jnp.clip(dt, 1e-6, jnp.maximum(length, 1e-6)), z, args=u,
-                              saveat=dfx.SaveAt(t1=True), stepsize_controller=controller,
-                              max_steps=settings.max_steps, throw=False, adjoint=adjoint)
-        steps = sol.stats["num_accepted_steps"]
-        dt = jnp.where((length > 0) & (steps > 0), length / jnp.maximum(steps, 1), dt)
-        return (sol.ys[-1], u, dt), (z, sol.ys[-1], sol.result._value, steps)
+        # where the segment table is shared (control: vmapped over particles, one table) this is a real branch and
+        # an empty row costs nothing; vmapped over batches with their own tables it becomes a select
+        z_end, dt, result, steps, saved = jax.lax.cond(end > start, solve, skip, z, u, dt, start, end)
+        return (z_end, u, dt), (z, z_end, result, steps, saved)
 
-    carry0 = (jnp.asarray(y0) / scale, inputs, jnp.asarray(dt0))
-    (_, inputs_end, _), (starts, ends, results, steps) = jax.lax.scan(step, carry0, (t0, t1, code, amount, conc))
+    carry0 = (jnp.asarray(y0) / scale, inputs, jnp.asarray(dt0, dtype=float))
+    (_, inputs_end, _), (starts, ends, results, steps, saved) = jax.lax.scan(step, carry0,
+                                                                             (t0, t1, code, amount, conc))
     finite = jnp.all(jnp.isfinite(ends), axis=1) & jnp.all(jnp.isfinite(starts), axis=1)
     codes = jnp.where((results == 0) & ~finite, NONFINITE_STATE, results).astype(jnp.int32)
-    return starts * scale, ends * scale, codes, steps, inputs_end
+    return starts * scale, ends * scale, codes, steps, inputs_end, None if saved is None else saved * scale
 
 
 def first_failure(codes):
@@ -282,8 +302,8 @@ def _solve_one(kinetics: AbstractKinetics, settings: SolverSettings, params, enc
     accepted steps); from the first failed segment on, values are NaN, never plausible numbers."""
     inputs = Inputs.initial(len(kinetics.species), covariates=enc.covariates)
     y0 = jnp.asarray(enc.y0)
-    starts, ends, codes, steps, _ = scan_segments(kinetics, settings, params, y0, inputs, enc.t0, enc.t1, enc.code,
-                                                  enc.amount, enc.conc)
+    starts, ends, codes, steps, _, _ = scan_segments(kinetics, settings, params, y0, inputs, enc.t0, enc.t1, enc.code,
+                                                     enc.amount, enc.conc)
     pre = jnp.where((enc.pre_index >= 0)[:, None], ends[jnp.maximum(enc.pre_index, 0)], y0)
     post = starts[enc.post_index]
     first, status = first_failure(codes)

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..models.kinetics import AbstractKinetics, Inputs
 from ..simulate import SolverSettings
-from .propagate import Segments, propagate
+from .propagate import Segments, propagate, propagate_at
 
 __all__ = ["observe_particles", "assimilate", "forecast_particles", "weighted_quantiles", "systematic_resample"]
 
@@ -76,7 +76,7 @@ def _normalise(log_weights):
 
 @eqx.filter_jit
 def assimilate(kinetics: AbstractKinetics, settings: SolverSettings, params, log_params, y, log_weights,
-               inputs: Inputs, table: Segments, variables: tuple[str, ...], values, measured, noise, key,
+               inputs: Inputs, table: Segments, variables: tuple[str, ...], values, measured, noise, key, salt,
                resample_below, state_jitter, shrinkage):
     """Moves the particles through `table` to the measurement time and weighs them by the measurements there.
 
@@ -85,6 +85,7 @@ def assimilate(kinetics: AbstractKinetics, settings: SolverSettings, params, log
         y: (particles, state) at the table's start; `log_weights` (particles,).
         variables: names of the observed variables (static); `values` (variable,) measured values (canonical
             units) and `measured` (variable,) which of them were measured; `noise` (variable, 2) = σ_abs, σ_rel.
+        key, salt: the random key of this call is ``fold_in(key, salt)``.
         resample_below: resample when the effective sample size falls below this fraction of the particles.
         state_jitter: log-sd of the multiplicative jitter of cells and species after resampling.
         shrinkage: Liu–West a (1: parameters never move).
@@ -108,7 +109,7 @@ def assimilate(kinetics: AbstractKinetics, settings: SolverSettings, params, log
     ess = 1.0 / jnp.sum(weights ** 2)
     n = weights.shape[0]
     do_resample = ((ess < resample_below * n) | jnp.any(failed)) & alive  # failed particles are replaced
-    k_resample, k_state, k_param = jax.random.split(key, 3)
+    k_resample, k_state, k_param = jax.random.split(jax.random.fold_in(key, salt), 3)
     index = jnp.where(do_resample, systematic_resample(k_resample, weights), jnp.arange(n))
     y_new = y_now[index]
     jitter_mask = jnp.asarray(kinetics.layout.mask(("cells", "species")))
@@ -132,20 +133,21 @@ def assimilate(kinetics: AbstractKinetics, settings: SolverSettings, params, log
 
 @eqx.filter_jit
 def forecast_particles(kinetics: AbstractKinetics, settings: SolverSettings, params, y, log_weights, inputs: Inputs,
-                       table: Segments, variables: tuple[str, ...], noise, key, with_noise):
-    """Every particle's observed variables now (`y`) and at the end of every row of `table`.
+                       table: Segments, times, variables: tuple[str, ...], noise, key, salt, with_noise):
+    """Every particle's observed variables now (`y`) and at the output `times` ((K,), h, after the table's start;
+    values before any event at a time), interpolated inside the rows of `table` (`propagate_at`).
 
     Returns:
-        ``(observed (particles, 1 + rows, variable), weights (particles,), failed particles)``: failed particles get
+        ``(observed (particles, 1 + K, variable), weights (particles,), failed particles)``: failed particles get
         weight 0; with `with_noise` each particle's prediction carries one draw of measurement noise (the spread of a
-        new measurement rather than of the predicted truth).
+        new measurement rather than of the predicted truth), drawn with ``fold_in(key, salt)``.
     """
-    ends, _, status = propagate(kinetics, settings, params, y, inputs, table)
-    ends = jnp.concatenate([y[:, None, :], ends], axis=1)
+    values, status = propagate_at(kinetics, settings, params, y, inputs, table, times)
+    ends = jnp.concatenate([y[:, None, :], values], axis=1)
     observed = observe_particles(kinetics, params, ends, variables)  # (particles, 1 + rows, variable)
     ok = (status == 0) & jnp.all(jnp.isfinite(observed), axis=(1, 2))
     weights, _ = _normalise(jnp.where(ok, log_weights, -jnp.inf))
     observed = jnp.where(ok[:, None, None], observed, 0.0)
     sd = jnp.sqrt(noise[:, 0] ** 2 + (noise[:, 1] * observed) ** 2)
-    observed = jnp.maximum(observed + with_noise * sd * jax.random.normal(key, observed.shape), 0.0)
+    observed = jnp.maximum(observed + with_noise * sd * jax.random.normal(jax.random.fold_in(key, salt), observed.shape), 0.0)
     return observed, weights, jnp.sum(~ok)

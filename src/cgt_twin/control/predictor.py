@@ -45,6 +45,7 @@ from ..data.errors import CampaignValidationError, Problem
 from ..data.protocol import Event, Protocol
 from ..data.units import UnitConversionError, convert
 from ..data.variables import CANONICAL_VARIABLES
+from ..models.kinetics import Inputs
 from ..models.twin import Twin
 from ..simulate import SolverSettings
 from .filter import assimilate, forecast_particles, weighted_quantiles
@@ -202,6 +203,8 @@ class Predictor:
         self._snapshots: list[_Snapshot] = []
         self.compile_seconds = 0.0
         self._last_info: dict[str, float] = {}
+        # base keys of the assimilation and the forecast noise; each call folds in its time (`_time_salt`)
+        self._keys = (jax.random.PRNGKey(self.settings.seed), jax.random.PRNGKey(self.settings.seed + 1))
         if compile:
             self._compile()
 
@@ -499,16 +502,14 @@ class Predictor:
                 obs_values, obs_measured = values, measured
             else:  # an intermediate stop: propagate only (no measurement)
                 obs_values, obs_measured = np.zeros_like(values), np.zeros_like(measured)
-            key = jax.random.fold_in(jax.random.PRNGKey(self.settings.seed), int(round(end * 3600)))
-            varying = self._varying
-            log_params = {k: jnp.log(jnp.asarray(cursor.params[k])) for k in varying}
-            params = {k: jnp.asarray(v) for k, v in cursor.params.items()}
-            inputs = type(self._template_inputs())(*[jnp.asarray(a) for a in cursor.inputs])
+            # host arrays go to the kernel as they are: a jnp conversion per array costs a dispatch each (measured:
+            # ~0.2 ms apiece, a third of a forecast's time); random numbers are keyed by the time (late data replays)
+            log_params = {k: np.log(cursor.params[k]) for k in self._varying}
             new_params, _, y, log_w, inputs_end, info = assimilate(
-                kinetics, self.settings.solver, params, log_params, jnp.asarray(cursor.y),
-                jnp.asarray(cursor.log_weights), inputs, table, self.variables, jnp.asarray(obs_values),
-                jnp.asarray(obs_measured), jnp.asarray(self.noise), key, self.settings.resample_below,
-                self.settings.state_jitter, self.settings.shrinkage)
+                kinetics, self.settings.solver, cursor.params, log_params, cursor.y, cursor.log_weights,
+                Inputs(*cursor.inputs), table, self.variables, obs_values, obs_measured, self.noise,
+                self._keys[0], _time_salt(end), self.settings.resample_below, self.settings.state_jitter,
+                self.settings.shrinkage)
             failed += int(info["failed"])
             cursor = _Snapshot(float(end), np.asarray(y), {k: np.asarray(v) for k, v in new_params.items()},
                                np.asarray(log_w), tuple(np.asarray(a) for a in inputs_end))
@@ -522,11 +523,6 @@ class Predictor:
         from .._html import predictor_html
 
         return predictor_html(self)
-
-    def _template_inputs(self):
-        from ..models.kinetics import Inputs
-
-        return Inputs.initial(len(self.twin.kinetics.species))
 
     @property
     def ess(self) -> float:
@@ -548,8 +544,7 @@ class Predictor:
 
     def current_inputs(self):
         """The inputs (rates, set-points, event times) in force at the filter time."""
-        snap = self._snapshots[-1]
-        return type(self._template_inputs())(*[jnp.asarray(a) for a in snap.inputs])
+        return Inputs(*self._snapshots[-1].inputs)
 
     def forecast(self, horizon_h: float | None = None, plan: Sequence[Event] = (), *, step_h: float | None = None,
                  band: str = "state") -> xr.Dataset:
@@ -582,21 +577,20 @@ class Predictor:
         start, end = snap.time_h, snap.time_h + horizon
         times = np.unique(np.append(np.arange(start + step, end + 1e-9, step), end))
         rows = event_rows(kinetics, protocol)
-        n_rows = padded_count(2 + len(times) + sum(1 for r in rows if start <= r[0] < end), 8)  # each empty row
-        # still costs a solver set-up for every particle: pad little (a new count compiles once more)
-        table = segments(kinetics, rows, start, end, times, n_rows=n_rows)
-        key = jax.random.fold_in(jax.random.PRNGKey(self.settings.seed + 1), int(round(start * 3600)))
+        # rows at the events only, the output times interpolated inside them; both padded a little (every empty row
+        # still costs a solver set-up for every particle; a new padded count compiles once more)
+        n_rows = padded_count(1 + sum(1 for r in rows if start - 1e-9 <= r[0] < end - 1e-9), 8)
+        table = segments(kinetics, rows, start, end, n_rows=n_rows)
+        padded_times = np.append(times, np.full(padded_count(len(times), 8) - len(times), end))
         observed, weights, n_failed = forecast_particles(
-            kinetics, self.settings.solver, {k: jnp.asarray(v) for k, v in snap.params.items()}, jnp.asarray(snap.y),
-            jnp.asarray(snap.log_weights), self.current_inputs(), table, self.variables, jnp.asarray(self.noise), key,
+            kinetics, self.settings.solver, snap.params, snap.y, snap.log_weights, self.current_inputs(), table,
+            padded_times, self.variables, self.noise, self._keys[1], _time_salt(start),
             1.0 if band == "measurement" else 0.0)
-        observed, weights = np.asarray(observed), np.asarray(weights)
+        observed, weights = np.asarray(observed)[:, : 1 + len(times)], np.asarray(weights)
         bands = np.concatenate([np.einsum("p,prv->rv", weights, observed)[None],
                                 weighted_quantiles(observed, weights, self.settings.quantiles)])
-        # the first row ending at each output time holds the value before any event there (row 0 of `bands` = now)
-        index = np.concatenate([[0], 1 + np.searchsorted(table.t1, times - 1e-9, side="left")])
-        out_times = np.concatenate([[start], times])
-        data = {name: (("statistic", "time"), bands[:, index, j], {"units": CANONICAL_VARIABLES[name].unit})
+        out_times = np.concatenate([[start], times])  # column 0 of `bands` = now
+        data = {name: (("statistic", "time"), bands[:, :, j], {"units": CANONICAL_VARIABLES[name].unit})
                 for j, name in enumerate(self.variables)}
         q_low, q_high = self.settings.quantiles
         names = ["mean", *(f"q{100 * q:02.0f}" if 100 * q == round(100 * q) else f"q{100 * q:g}"
@@ -668,7 +662,7 @@ class Predictor:
                  for k, v in body["media"].items()}
         with np.load(_io.BytesIO(array_bytes), allow_pickle=False) as stored:
             arrays = {k: stored[k] for k in stored.files}
-        n_inputs = len(self._template_inputs())
+        n_inputs = len(Inputs._fields)
         self._protocol = _protocol_from_json(body["protocol"], media, {})
         self._start_h = float(body["start_h"])
         self._initial = dict(body["initial"])
@@ -680,6 +674,12 @@ class Predictor:
                         for i, t in enumerate(body["groups"])]
         self._accepted = {(float(a[0]), str(a[1]), float(a[2])) for a in body["accepted"]}
         self.notes = list(body["notes"])
+
+
+def _time_salt(time_h: float) -> np.ndarray:
+    """The time, in seconds, folded into a random key: a call at the same time draws the same numbers (so replaying
+    late data reproduces in-order arrival)."""
+    return np.asarray(int(round(time_h * 3600)), dtype=np.uint32)  # an array, traced (a scalar would be static)
 
 
 def extend_protocol(protocol: Protocol, events: Sequence[Event], *, file: str) -> Protocol:

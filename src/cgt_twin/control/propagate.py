@@ -6,7 +6,8 @@ particles (states and parameter draws) at the filter time, and the inputs (feed 
 feed) the protocol has set so far. A `Segments` table holds what happens from then on: row i applies its event at
 ``t0[i]`` and integrates to ``t1[i]`` (rows padded to a fixed count with empty segments, so one compilation serves every
 call). The state at the end of each row is returned: with a row boundary at every output time, those are the values
-*before* any event at that time (DESIGN.md's time ties).
+*before* any event at that time (DESIGN.md's time ties). `propagate_at` instead returns the values at given output
+times interpolated inside the rows, so a forecast needs rows at its events only.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from ..models.balance import EventCode, apply_event
 from ..models.kinetics import AbstractKinetics, Inputs
 from ..simulate import SolverSettings, _event_rows, first_failure, scan_segments
 
-__all__ = ["Segments", "segments", "event_rows", "solve_segments", "propagate", "inputs_at"]
+__all__ = ["Segments", "segments", "event_rows", "solve_segments", "propagate", "solve_at", "propagate_at",
+           "inputs_at"]
 
 
 class Segments(NamedTuple):
@@ -105,11 +107,25 @@ def inputs_at(kinetics: AbstractKinetics, rows: Sequence[tuple], time_h: float, 
 def solve_segments(kinetics: AbstractKinetics, settings: SolverSettings, params, y, inputs: Inputs, table: Segments):
     """One state through a `Segments` table (`cgt_twin.simulate.scan_segments`): ``(ends (rows, state), inputs
     after, status code, accepted steps)``; from the first failed row on, values are NaN and the status says why."""
-    _, ends, codes, steps, inputs_end = scan_segments(kinetics, settings, params, y, inputs, table.t0, table.t1,
-                                                      table.code, table.amount, table.conc, dt0=0.5)
+    _, ends, codes, steps, inputs_end, _ = scan_segments(kinetics, settings, params, y, inputs, table.t0, table.t1,
+                                                         table.code, table.amount, table.conc, dt0=0.5)
     first, status = first_failure(codes)
     ends = jnp.where((jnp.arange(codes.shape[0]) >= first)[:, None], jnp.nan, ends)
     return ends, inputs_end, status, jnp.sum(steps).astype(jnp.int32)
+
+
+def solve_at(kinetics: AbstractKinetics, settings: SolverSettings, params, y, inputs: Inputs, table: Segments, times):
+    """One state through a `Segments` table, returning its values at `times` ((K,) sorted, h, in ``(t0[0],
+    t1[-1]]``) by the solver's interpolation inside the segments (no segment boundary at each time). The value at a
+    time is the one *before* any event there (the segment ending at that time). Returns ``(values (K, state),
+    status code, accepted steps)``; values from the first failed segment on are NaN."""
+    _, _, codes, steps, _, saved = scan_segments(kinetics, settings, params, y, inputs, table.t0, table.t1,
+                                                 table.code, table.amount, table.conc, dt0=0.5, save_ts=times)
+    first, status = first_failure(codes)
+    row = jnp.minimum(jnp.searchsorted(table.t1, times - 1e-9, side="left"), codes.shape[0] - 1)
+    values = saved[row, jnp.arange(times.shape[0])]
+    values = jnp.where((row >= first)[:, None], jnp.nan, values)
+    return values, status, jnp.sum(steps).astype(jnp.int32)
 
 
 @eqx.filter_jit
@@ -121,3 +137,13 @@ def propagate(kinetics: AbstractKinetics, settings: SolverSettings, params, y, i
     ends, inputs_end, status, _ = jax.vmap(lambda p, y0: solve_segments(kinetics, settings, p, y0, inputs, table))(
         params, y)
     return ends, jax.tree_util.tree_map(lambda a: a[0], inputs_end), status
+
+
+@eqx.filter_jit
+def propagate_at(kinetics: AbstractKinetics, settings: SolverSettings, params, y, inputs: Inputs, table: Segments,
+                 times):
+    """`solve_at` for every particle (leading particle axis on `params` and `y`; `inputs`, `table` and `times`
+    shared): ``(values (particles, K, state), status (particles,))``."""
+    table = table._replace(valid=None)
+    values, status, _ = jax.vmap(lambda p, y0: solve_at(kinetics, settings, p, y0, inputs, table, times))(params, y)
+    return values, status
