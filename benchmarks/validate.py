@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("synthetic", "umn", "scored", "hek")
+SECTIONS = ("synthetic", "umn", "scored", "posterior", "hek")
 UMN_VARIABLES = ("vcd", "glucose", "lactate", "glutamine", "ammonia", "titer")
 TARGET_VARIABLES = ("vcd", "glucose", "lactate", "titer")
 
@@ -357,6 +357,82 @@ def section_scored(results, save, budget, quick):
     section_umn(results, save, budget, quick, prefix="scored", fit_variables=UMN_VARIABLES)
 
 
+POSTERIOR_HELD_OUT = "13"  # the held-out UMN run of the posterior check (CL1; CL1 and CL2 both among the training runs)
+POSTERIOR_NUTS = {"chains": 2, "warmup": 150, "draws": 150, "max_tree_depth": 6}
+POSTERIOR_QUICK_NUTS = {"chains": 1, "warmup": 5, "draws": 5, "max_tree_depth": 3}
+
+
+def _inside_band(prediction, campaign, batch: str, variables) -> dict:
+    """Per variable: (measurements of `batch` before the events at their times that lie inside the predictive
+    band, measurements compared)."""
+    out = {}
+    for variable in variables:
+        if variable not in prediction or variable not in campaign.data:
+            continue
+        measured = campaign.data[variable].sel(batch=batch, phase="pre").mean("replicate")
+        band = prediction[variable].sel(batch=batch, phase="pre").sel(time=measured["time"])
+        low, high = band.sel(statistic="q05").values, band.sel(statistic="q95").values
+        values = measured.values
+        ok = np.isfinite(values) & np.isfinite(low) & np.isfinite(high)
+        out[variable] = (int(np.sum((values >= low) & (values <= high) & ok)), int(np.sum(ok)))
+    return out
+
+
+def section_posterior(results, save, budget, quick):
+    """A posterior of the CHO twin on five UMN runs (CL1 and CL2), the growth rate varying between batches and by
+    cell line; its predictive bands for the held-out run, against that run's measurements; NUTS diagnostics; the
+    Laplace approximation side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from cgt_twin.bayes import BayesConfig, NutsConfig, plot_predictive_bands, sample
+    from cgt_twin.fit import FitConfig, fit_mechanistic
+    from cgt_twin.models import CHOFedBatch, Twin
+    from cgt_twin.predict import predict
+
+    campaign, _ = umn_campaign()
+    if campaign is None:
+        results["posterior_skipped"] = "../shared/datasets/umn_cho_fedbatch not found"
+        return
+    runs = ["11", "12", "13", "21", "22", "23"]
+    train = [b for b in runs if b != POSTERIOR_HELD_OUT]
+    campaign = campaign.sel(runs)
+    training = campaign.sel(train)
+    start = time.perf_counter()
+    fit = fit_mechanistic(Twin(CHOFedBatch(lactate_consumption=True)), training,
+                          FitConfig(initial_states=("vcd",), n_starts=budget.n_starts, max_steps=budget.lm_steps,
+                                    rounds=budget.rounds))
+    fit_seconds = time.perf_counter() - start
+    config = BayesConfig(hierarchical=("mu_max",), group="cell_line", variables=UMN_VARIABLES)
+    settings = POSTERIOR_QUICK_NUTS if quick else POSTERIOR_NUTS
+    out = {"held_out": POSTERIOR_HELD_OUT, "train": train, "fit_status": fit.status, "fit_seconds": fit_seconds,
+           "nuts_settings": settings}
+    images = ROOT / "docs" / "images"
+    for method in ("nuts", "laplace"):
+        start = time.perf_counter()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            posterior = sample(fit.twin, training, config, NutsConfig(**settings), method=method,
+                               standard_errors=fit.standard_errors)
+        seconds = time.perf_counter() - start
+        prediction = predict(fit.twin, campaign, batches=[POSTERIOR_HELD_OUT], posterior=posterior, n_draws=200)
+        coverage = _inside_band(prediction, campaign, POSTERIOR_HELD_OUT, UMN_VARIABLES)
+        entry = {"seconds": seconds, "parameters": list(posterior.parameters), "held": sorted(posterior.meta["held"]),
+                 "diagnostics": {k: v for k, v in posterior.diagnostics.items() if not isinstance(v, (list, dict))},
+                 "e_bfmi": posterior.diagnostics.get("e_bfmi", []), "problems": list(posterior.problems),
+                 "warnings": sorted({str(w.message)[:200] for w in caught})[:5], "coverage": coverage,
+                 "treatment": prediction.attrs.get("batch_treatment", "")}
+        if method == "nuts" and not quick:
+            figure = plot_predictive_bands(campaign, prediction, variables=("vcd", "glucose", "lactate", "titer"),
+                                           batches=[POSTERIOR_HELD_OUT])
+            images.mkdir(parents=True, exist_ok=True)
+            figure.savefig(images / f"umn_posterior_{POSTERIOR_HELD_OUT}.png", dpi=110, bbox_inches="tight")
+            entry["figure"] = f"images/umn_posterior_{POSTERIOR_HELD_OUT}.png"
+        out[method] = entry
+    results["posterior"] = out
+    save()
+
+
 def hek_solver_check(campaign, candidates: dict, reference: str = "kvaerno5") -> dict:
     """Simulates the campaign's batches (published parameters) with each candidate `SolverSettings`: per batch the
     status and accepted steps, the time of the first call (compilation included) and of a second call, and the
@@ -581,6 +657,60 @@ def hek_fold_table(results: dict) -> list[str]:
     return lines
 
 
+def posterior_text(results: dict) -> list[str]:
+    """The UMN posterior check (section ``posterior``)."""
+    post = results.get("posterior")
+    if not post:
+        return [f"### Posterior\n\nSkipped: {results['posterior_skipped']}.", ""] if "posterior_skipped" in results \
+            else []
+    nuts = post["nuts_settings"]
+    lines = [f"### Posterior on five runs, predictive bands for the held-out run {post['held_out']}", "",
+             f"`CHOFedBatch(lactate_consumption=True)` fitted (Levenberg–Marquardt, the budget above; status "
+             f"{post['fit_status']}, {_fmt(post['fit_seconds'], 3)} s) to runs {', '.join(post['train'])}; then its "
+             "posterior with the growth rate varying between batches and by cell line (non-centred effects, "
+             "`BayesConfig(hierarchical=('mu_max',), group='cell_line')`), the other sampled parameters chosen as "
+             "the identifiable subset from the fit's Fisher information, the rest held at the fit; likelihood on "
+             "the six scored variables, noise scale sampled. NUTS: "
+             f"{nuts['chains']} chains × ({nuts['warmup']} warm-up + {nuts['draws']} draws), dense mass matrix "
+             f"started from the Laplace covariance, maximum tree depth {nuts.get('max_tree_depth', 10)}. The held-out run is of a known cell line (CL1), so its bands "
+             "carry a new batch effect within that line. Band: 90 % posterior predictive of a new measurement.", ""]
+    methods = [m for m in ("nuts", "laplace") if m in post]
+    if not methods:
+        return lines
+    first = post[methods[0]]
+    lines += [f"Sampled: {', '.join(first['parameters'])}; held at the fit: {', '.join(first['held']) or 'none'}.",
+              "", "| method | seconds | split R-hat (max) | bulk ESS (min) | tail ESS (min) | divergences | "
+              "tree-depth saturation | E-BFMI (min) | warnings |", "|---|---|---|---|---|---|---|---|---|"]
+    for m in methods:
+        e, d = post[m], post[m]["diagnostics"]
+        if m == "nuts":
+            bfmi = min(e["e_bfmi"]) if e["e_bfmi"] else None
+            lines.append(f"| NUTS | {_fmt(e['seconds'], 3)} | {_fmt(d.get('r_hat_max'), 3)} | "
+                         f"{_fmt(d.get('ess_bulk_min'), 3)} | {_fmt(d.get('ess_tail_min'), 3)} | "
+                         f"{d.get('divergences')} | {_fmt(100 * d.get('tree_depth_saturation', 0), 2)} % | "
+                         f"{_fmt(bfmi, 2)} | {'; '.join(e['problems']) or 'none'} |")
+        else:
+            lines.append(f"| Laplace | {_fmt(e['seconds'], 3)} | — | — | — | — | — | — | "
+                         f"{'; '.join(e['problems']) or 'none'} |")
+    lines += ["", f"Held-out run {post['held_out']}: measurements inside the 90 % band (target for a calibrated "
+                  "band: about 90 %).", "",
+              "| variable | " + " | ".join("NUTS" if m == "nuts" else "Laplace" for m in methods) + " |",
+              "|---|" + "---|" * len(methods)]
+    for variable in UMN_VARIABLES:
+        cells = []
+        for m in methods:
+            inside, total = post[m]["coverage"].get(variable, (0, 0))
+            cells.append(f"{inside}/{total} ({100 * inside / total:.0f} %)" if total else "—")
+        lines.append(f"| {variable} | " + " | ".join(cells) + " |")
+    totals = {m: [sum(v[i] for v in post[m]["coverage"].values()) for i in (0, 1)] for m in methods}
+    lines.append("| all | " + " | ".join(f"{a}/{b} ({100 * a / max(b, 1):.0f} %)" for a, b in totals.values())
+                 + " |")
+    lines.append("")
+    if "figure" in post.get("nuts", {}):
+        lines += [f"![Posterior predictive bands of run {post['held_out']}]({post['nuts']['figure']})", ""]
+    return lines
+
+
 def write_markdown(results: dict, path: Path) -> None:
     machine = results["machine"]
     lines = ["# Validation", "",
@@ -685,6 +815,7 @@ def write_markdown(results: dict, path: Path) -> None:
             else:
                 lines += ["(The hand-written reading of an earlier UMN run is left out: these results differ from it; "
                           "update `UMN_READING` in `benchmarks/validate.py`.)", ""]
+    lines += posterior_text(results)
     lines += ["## HEK293 rAAV8 host metabolism (Zehetner)", ""]
     if "hek_skipped" in results:
         lines += [f"Skipped: {results['hek_skipped']}.", ""]
@@ -733,7 +864,8 @@ def main(argv=None) -> dict:
     if args.redo:
         for key in [k for k in results if any(k.startswith(section) for section in chosen)]:
             del results[key]
-    runners = {"synthetic": section_synthetic, "umn": section_umn, "scored": section_scored, "hek": section_hek}
+    runners = {"synthetic": section_synthetic, "umn": section_umn, "scored": section_scored,
+               "posterior": section_posterior, "hek": section_hek}
     for name in chosen:
         start = time.perf_counter()
         runners[name](results, save, budget, args.quick)
