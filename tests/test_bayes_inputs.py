@@ -73,3 +73,12 @@ def test_config_file_errors(tmp_path):
     settings = read_bayes_config(path, seed=3)
     assert settings.method == "laplace" and settings.model.parameters == ("mu_max",)
     assert settings.model.priors["mu_max"].sigma == 0.2 and settings.sampler.seed == 3
+    path.write_text('[sampler]\nchains = "4"\nindependent_batches = "yes"\ntarget_accept = true\n')
+    with pytest.raises(CampaignValidationError) as exc:
+        read_bayes_config(path)
+    text = _messages(exc)
+    assert "chains must be an integer" in text and "independent_batches must be true or false" in text
+    assert "target_accept must be a number" in text
+    path.write_text('[sampler]\nindependent_batches = true\ntarget_accept = 1\n')
+    sampler = read_bayes_config(path).sampler
+    assert sampler.independent_batches is True and sampler.target_accept == 1

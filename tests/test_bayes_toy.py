@@ -15,6 +15,7 @@ from cgt_twin.simulate import SolverSettings
 
 FAST_SOLVER = SolverSettings(max_steps=64, rtol=1e-5, atol=1e-7)
 NOISE = {"vcd": (1e-6, 0.1), "dead_cells": (1e-6, 0.1)}  # (σ_abs, σ_rel) of the twin's noise model
+INITIAL_STATE = {"vcd": 0.5, "glucose": 1.0, "dead_cells": 0.02}  # of every batch of `growth_campaign`
 
 
 class GrowthDeath(AbstractKinetics):
@@ -42,7 +43,7 @@ def growth_campaign(batch_params, *, seed=0, every_h=24.0, end_h=72.0, covariate
         Twin(GrowthDeath()), protocols,
         sampling=SamplingPlan(every_h=every_h, variables=("vcd", "dead_cells")),
         noise=NoiseModel({"vcd": (rel_sd, 0.0), "dead_cells": (rel_sd, 0.0)}), seed=seed,
-        initial_states={b: {"vcd": 0.5, "glucose": 1.0, "dead_cells": 0.02} for b in batch_params},
+        initial_states={b: dict(INITIAL_STATE) for b in batch_params},
         batch_params=batch_params, covariates=covariates)
 
 

@@ -16,6 +16,7 @@ sigma = 0.3
 chains = 4
 warmup = 500
 draws = 500
+independent_batches = false  # true: each batch of an unpooled, fixed-noise model sampled on its own
 ```
 """
 
@@ -44,6 +45,20 @@ class SampleSettings:
     sampler: NutsConfig = NutsConfig()
     method: str = "nuts"
     forward_mode: bool = True
+
+
+def _same_kind(default, value) -> bool:
+    """Whether a TOML value has the kind of a setting's default (a number for a float, never a boolean for a number)."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(default, bool) and isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(default))
+
+
+def _type_name(default) -> str:
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(type(default),
+                                                                                            type(default).__name__)
 
 
 def read_bayes_config(path: str | os.PathLike | None, *, seed: int | None = None) -> SampleSettings:
@@ -75,6 +90,8 @@ def read_bayes_config(path: str | os.PathLike | None, *, seed: int | None = None
         sampler = dict(raw.get("sampler", {}))
         nuts_fields = {f.name for f in dataclasses.fields(NutsConfig)}
         problems += [Problem(str(path), f"[sampler]: unknown key {k!r}") for k in sampler if k not in nuts_fields]
+        problems += [Problem(str(path), f"[sampler]: {k} must be {_type_name(getattr(NutsConfig(), k))}, got {v!r}")
+                     for k, v in sampler.items() if k in nuts_fields and not _same_kind(getattr(NutsConfig(), k), v)]
         if problems:
             raise CampaignValidationError(problems, header="invalid bayes config")
         model = {k: tuple(v) if k in _TUPLES and isinstance(v, list) else v for k, v in model.items()}

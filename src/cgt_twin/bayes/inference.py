@@ -12,17 +12,21 @@ import dataclasses
 import math
 import time
 from collections.abc import Mapping, Sequence
+from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
+from numpyro.distributions import constraints
 from numpyro.infer import MCMC, NUTS, init_to_value
-from numpyro.infer.util import initialize_model
+from numpyro.infer.hmc import hmc
+from numpyro.infer.util import ParamInfo, initialize_model, log_density
 
 from ..data.campaign import Campaign
+from ..data.errors import CampaignValidationError, Problem
 from ..models.twin import Twin
-from .model import NUMERICAL_PARAMETERS, BayesConfig, TwinModel, build_model
+from .model import FAILED_SOLVE_LOG_DENSITY, NUMERICAL_PARAMETERS, BayesConfig, TwinModel, build_model
 from .posterior import Posterior
 
 __all__ = ["NutsConfig", "sample_nuts", "laplace", "select_identifiable", "potential", "sample"]
@@ -41,6 +45,14 @@ class NutsConfig:
         max_tree_depth: maximum tree depth (2^depth − 1 leapfrog steps).
         init_jitter: spread of the chains' starting points, in Laplace standard deviations.
         seed: random seed.
+        independent_batches: unpooled models with fixed noise only (``BayesConfig(pooling="none",
+            noise="fixed")``): sample each batch's posterior on its own — its own `chains`, started at and around
+            its posterior mode, its own step size and mass matrix (from its Laplace covariance there) adapted in its
+            own warm-up — all batches in one vectorised kernel (one compilation). The draws have the layout of the
+            joint run, (chain, draw, batch), and so have the sampler statistics. Right for many small independent
+            posteriors (replicated datasets of a calibration check): one joint run shares one step size and mass
+            matrix among all batches and takes as many leapfrog steps as its worst batch needs, in a space whose
+            dimension grows with the batches.
     """
 
     chains: int = 4
@@ -52,6 +64,7 @@ class NutsConfig:
     max_tree_depth: int = 10
     init_jitter: float = 0.3
     seed: int = 0
+    independent_batches: bool = False
 
 
 def potential(twin_model: TwinModel, seed: int = 0):
@@ -83,10 +96,6 @@ def _hessian(fn, forward: bool, step: float = 1e-4):
         return jnp.stack(columns, axis=1)
 
     return by_differences
-
-
-def _grad(fn, forward: bool):
-    return jax.jit(jax.jacfwd(fn) if forward else jax.grad(fn))
 
 
 def _covariance(hessian: np.ndarray, floor: float = 1e-2) -> np.ndarray:
@@ -141,6 +150,59 @@ def _finish(twin_model: TwinModel, samples: dict, stats: dict, method: str, sett
                                   seconds=seconds)
 
 
+def _value_and_grad(fn, forward: bool):
+    """``(x, *args) -> (fn(x, *args), its gradient in x)`` in one pass: forward mode (the value as auxiliary output
+    of the Jacobian) or reverse mode."""
+    if not forward:
+        return jax.value_and_grad(fn)
+
+    def both(x, *args):
+        def with_value(x):
+            value = fn(x, *args)
+            return value, value
+
+        grad, value = jax.jacfwd(with_value, has_aux=True)(x)
+        return value, grad
+
+    return both
+
+
+def _modes(evaluate, x0: np.ndarray, lanes: int, *, newton_steps: int = 50, step: float = 1e-4):
+    """Posterior modes of independent problems at once: damped Newton steps from `x0` (problem, dim), the Hessians
+    by central differences of the gradient, a step kept only where it lowers the potential (else the damping grows).
+    `evaluate` maps points (problem, lanes, dim) to potentials and gradients; each Newton step is one call (the point
+    and its 2·dim neighbours, ``lanes ≥ 1 + 2·dim``). Returns the modes, the Hessians and the potentials there."""
+    n, dim = x0.shape
+    offsets = np.zeros((lanes, dim))
+    offsets[1:1 + dim], offsets[1 + dim:1 + 2 * dim] = step * np.eye(dim), -step * np.eye(dim)
+
+    def at(x):
+        values, grads = evaluate(x[:, None, :] + offsets)
+        hessians = (grads[:, 1:1 + dim] - grads[:, 1 + dim:1 + 2 * dim]).transpose(0, 2, 1) / (2 * step)
+        return values[:, 0].copy(), grads[:, 0].copy(), 0.5 * (hessians + hessians.transpose(0, 2, 1))
+
+    x = np.array(x0, dtype=float)
+    value, grad, hessian = at(x)
+    damping, done = np.full(n, 1e-3), np.zeros(n, dtype=bool)
+    for _ in range(newton_steps):
+        eigenvalues, vectors = np.linalg.eigh(np.where(np.isfinite(hessian), hessian, 0.0))
+        scale = np.maximum(1.0, np.abs(eigenvalues).max(axis=1))
+        shrink = 1.0 / (np.maximum(eigenvalues, 0.0) + (damping * scale)[:, None])
+        move = -np.einsum("bij,bj,bkj,bk->bi", vectors, shrink, vectors, grad)
+        move[done] = 0.0
+        candidate = x + move
+        new_value, new_grad, new_hessian = at(candidate)
+        better = np.isfinite(new_value) & (new_value <= value) & ~done
+        done |= better & (value - new_value < 1e-8)
+        done |= ~better & (damping > 1e8)  # no lower point nearby: a mode up to the solver's accuracy
+        x[better], value[better], grad[better], hessian[better] = (candidate[better], new_value[better],
+                                                                  new_grad[better], new_hessian[better])
+        damping = np.where(better, np.maximum(damping / 10, 1e-9), damping * 10)
+        if done.all():
+            break
+    return x, hessian, value
+
+
 def laplace(twin_model: TwinModel, *, draws: int = 2000, seed: int = 0, newton_steps: int = 30) -> Posterior:
     """The Laplace approximation: a damped Newton search for the mode of the log posterior (unconstrained space)
     from the model's starting point, then a normal with the inverse Hessian as covariance; `draws` draws.
@@ -150,32 +212,17 @@ def laplace(twin_model: TwinModel, *, draws: int = 2000, seed: int = 0, newton_s
     """
     start = time.perf_counter()
     x, fn, unravel, postprocess = potential(twin_model, seed)
-    forward = twin_model.forward_mode
-    value_fn, grad_fn, hess_fn = jax.jit(fn), _grad(fn, forward), _hessian(fn, forward)
-    value = float(value_fn(x))
-    damping = 1e-3
-    for _ in range(newton_steps):
-        g = np.asarray(grad_fn(x))
-        h = 0.5 * np.asarray(hess_fn(x))
-        h = h + h.T
-        improved = False
-        for _ in range(12):
-            try:
-                step = np.linalg.solve(h + damping * np.eye(h.shape[0]) * max(1.0, np.abs(np.diag(h)).max()), g)
-            except np.linalg.LinAlgError:
-                damping *= 10
-                continue
-            candidate = x - step
-            new = float(value_fn(candidate))
-            if math.isfinite(new) and new <= value:
-                x, improved = candidate, True
-                damping = max(damping / 10, 1e-9)
-                change, value = value - new, new
-                break
-            damping *= 10
-        if not improved or change < 1e-8:
-            break
-    covariance = _covariance(np.asarray(hess_fn(x)))
+    dim = x.size
+    lanes = 1 + 2 * dim
+    gradient = jax.jit(jax.vmap(_value_and_grad(fn, twin_model.forward_mode)))
+
+    def evaluate(points):  # (1, lanes, dim) -> values (1, lanes), gradients (1, lanes, dim)
+        values, grads = gradient(jnp.asarray(points.reshape(lanes, dim)))
+        return np.asarray(values)[None], np.asarray(grads)[None]
+
+    mode, hessian, value = _modes(evaluate, np.asarray(x)[None], lanes, newton_steps=newton_steps)
+    x, value, covariance = mode[0], float(value[0]), _covariance(hessian[0])
+    value_fn = jax.jit(fn)
     rng = np.random.default_rng(seed)
     flat = rng.multivariate_normal(np.asarray(x), covariance, size=draws, method="eigh")
     constrained = jax.vmap(lambda v: postprocess(unravel(v)))(jnp.asarray(flat))
@@ -188,8 +235,11 @@ def laplace(twin_model: TwinModel, *, draws: int = 2000, seed: int = 0, newton_s
 def sample_nuts(twin_model: TwinModel, config: NutsConfig | None = None) -> Posterior:
     """NUTS on the model: chains started near the twin's values (jittered by the Laplace sd), dense mass matrix
     started from the Laplace covariance and adapted in warm-up; diagnostics checked on the result (a clear
-    `PosteriorWarning` when a threshold is missed)."""
+    `PosteriorWarning` when a threshold is missed). With ``config.independent_batches`` each batch of an unpooled
+    model is sampled as its own posterior, all batches vectorised (see `NutsConfig`)."""
     config = config or NutsConfig()
+    if config.independent_batches:
+        return _sample_batches_independently(twin_model, config)
     start = time.perf_counter()
     x0, fn, unravel, _ = potential(twin_model, config.seed)
     covariance = _covariance(np.asarray(_hessian(fn, twin_model.forward_mode)(x0)))
@@ -213,6 +263,97 @@ def sample_nuts(twin_model: TwinModel, config: NutsConfig | None = None) -> Post
     return _finish(twin_model, samples, stats, "nuts", settings, time.perf_counter() - start)
 
 
+def _is_real(constraint) -> bool:
+    while isinstance(constraint, constraints.independent):
+        constraint = constraint.base_constraint
+    return constraint is constraints.real
+
+
+def _sample_batches_independently(twin_model: TwinModel, config: NutsConfig) -> Posterior:
+    """NUTS on each batch of an unpooled model alone (``twin_model.model(batch=b)``): one lane per batch and chain,
+    each with its own state, step size and mass matrix (numpyro's `hmc` kernel vmapped over the lanes, the
+    iterations a `lax.scan`). Each batch's chains start at and around its posterior mode (`_modes`, from the twin's
+    values), jittered by its Laplace sd, with its Laplace covariance as the initial mass matrix: a lane started far
+    from its mode with a poor mass matrix takes deep trees in warm-up, and every lane waits for the deepest. The model
+    is compiled twice: its vmapped gradient (modes, Hessians, starting points) and the sampler."""
+    bayes = twin_model.config
+    if bayes.pooling != "none" or bayes.noise != "fixed":
+        raise CampaignValidationError(Problem(
+            "independent_batches", "batches are independent only without pooling and with fixed noise "
+                                   f"(BayesConfig(pooling='none', noise='fixed')); got pooling={bayes.pooling!r}, "
+                                   f"noise={bayes.noise!r}"))
+    start = time.perf_counter()
+    forward = twin_model.forward_mode
+    n_batch, chains = len(twin_model.batches), config.chains
+    init_values = {k: np.asarray(v) for k, v in twin_model.init_values.items()}  # every site has a batch axis
+    _, unravel = ravel_pytree({k: jnp.asarray(v[:1]) for k, v in init_values.items()})
+    x0 = np.stack([np.asarray(ravel_pytree({k: jnp.asarray(v[b:b + 1]) for k, v in init_values.items()})[0])
+                   for b in range(n_batch)])  # (batch, dim)
+    dim = x0.shape[1]
+
+    def potential(z, b):
+        log_joint, trace = log_density(twin_model.model, (), {"batch": b}, z)
+        bounded = [k for k, site in trace.items() if site["type"] == "sample" and not site["is_observed"]
+                   and not _is_real(site["fn"].support)]
+        if bounded:  # sampled as they are: only real-valued (log-scale) sites need no transform
+            raise ValueError(f"independent batches need real-valued sample sites; {bounded} are bounded")
+        return -log_joint
+
+    def flat(x, b):
+        return potential(unravel(x), b)
+
+    lanes = max(1 + 2 * dim, chains)  # points per batch in each call of the gradient
+    lane_batch = jnp.repeat(jnp.arange(n_batch), lanes)
+    gradient = jax.jit(jax.vmap(_value_and_grad(flat, forward)))
+
+    def evaluate(points):  # (batch, lanes, dim) -> values (batch, lanes), gradients (batch, lanes, dim)
+        values, grads = gradient(jnp.asarray(points.reshape(-1, dim)), lane_batch)
+        return np.asarray(values).reshape(n_batch, lanes), np.asarray(grads).reshape(n_batch, lanes, dim)
+
+    mode, hessians, _ = _modes(evaluate, x0, lanes)
+    covariances = np.stack([_covariance(h) for h in hessians])  # (batch, dim, dim)
+    rng = np.random.default_rng(config.seed)
+    sd = np.sqrt(np.diagonal(covariances, axis1=1, axis2=2))
+    starts = mode[:, None, :] + config.init_jitter * sd[:, None, :] * rng.standard_normal((n_batch, lanes, dim))
+    starts[:, 0] = mode  # the first chain starts at the mode
+    values, grads = evaluate(starts)
+    starts, values, grads = (a[:, :chains].reshape(n_batch * chains, *a.shape[2:]) for a in (starts, values, grads))
+    init_params = ParamInfo(jax.vmap(unravel)(jnp.asarray(starts)), jnp.asarray(values),
+                            jax.vmap(unravel)(jnp.asarray(grads)))  # lane = batch · chains + chain
+    mass = covariances if config.dense_mass else np.diagonal(covariances, axis1=1, axis2=2)
+    mass = jnp.asarray(np.repeat(mass, chains, axis=0))
+    lane_batch = jnp.repeat(jnp.arange(n_batch), chains)
+    init_kernel, sample_kernel = hmc(potential_fn_gen=lambda batch: partial(potential, b=batch), algo="NUTS")
+
+    def init_lane(params, inverse_mass, b, key):
+        return init_kernel(params, config.warmup, inverse_mass_matrix=inverse_mass, dense_mass=config.dense_mass,
+                           target_accept_prob=config.target_accept, max_tree_depth=config.max_tree_depth,
+                           forward_mode_differentiation=forward, model_kwargs={"batch": b}, rng_key=key)
+
+    def iteration(state, _):
+        state = jax.vmap(lambda s, b: sample_kernel(s, model_kwargs={"batch": b}))(state, lane_batch)
+        return state, (state.z, {"diverging": state.diverging, "num_steps": state.num_steps, "energy": state.energy,
+                                 "accept_prob": state.accept_prob, "potential_energy": state.potential_energy})
+
+    @jax.jit
+    def run(params, inverse_mass, keys):
+        state = jax.vmap(init_lane)(params, inverse_mass, lane_batch, keys)
+        _, (draws, stats) = jax.lax.scan(iteration, state, None, length=config.warmup + config.draws)
+        return jax.tree_util.tree_map(lambda a: a[config.warmup:], (draws, stats))  # (draw, lane, ...)
+
+    draws, stats = run(init_params, mass, jax.random.split(jax.random.PRNGKey(config.seed), n_batch * chains))
+
+    def by_chain(value, site: bool):  # (draw, lane, [1: the batch plate of a site], ...) -> (chain, draw, batch, ...)
+        value = np.asarray(value)
+        return np.moveaxis(value.reshape(config.draws, n_batch, chains, *value.shape[2 + site:]), 2, 0)
+
+    samples = {k: by_chain(v, True) for k, v in draws.items()}
+    stats = {k: by_chain(v, False) for k, v in stats.items()}
+    samples["solver_failed"] = stats.pop("potential_energy") >= -0.5 * FAILED_SOLVE_LOG_DENSITY
+    settings = {**dataclasses.asdict(config), "forward_mode": twin_model.forward_mode}
+    return _finish(twin_model, samples, stats, "nuts", settings, time.perf_counter() - start)
+
+
 def sample(twin: Twin, campaign: Campaign, config: BayesConfig | None = None, nuts: NutsConfig | None = None, *,
            method: str = "nuts", standard_errors: Mapping[str, float] | None = None,
            forward_mode: bool = True, **build_kwargs) -> Posterior:
@@ -225,8 +366,6 @@ def sample(twin: Twin, campaign: Campaign, config: BayesConfig | None = None, nu
     """
     config = config or BayesConfig()
     if method not in ("nuts", "laplace"):
-        from ..data.errors import CampaignValidationError, Problem
-
         raise CampaignValidationError(Problem("method", f"must be 'nuts' or 'laplace', got {method!r}"))
     if config.parameters is None:
         chosen = select_identifiable(twin, campaign, config, standard_errors=standard_errors,

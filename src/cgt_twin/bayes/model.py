@@ -40,6 +40,8 @@ __all__ = ["Prior", "BayesConfig", "TwinModel", "build_model", "NUMERICAL_PARAME
 
 NUMERICAL_PARAMETERS = ("eps_switch",)
 """Parameters of the numerics, not the biology: never sampled."""
+FAILED_SOLVE_LOG_DENSITY = -1e20
+"""Log-likelihood of a draw whose solve failed (the proposal is rejected)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +107,8 @@ class TwinModel:
     """A numpyro model of a twin on a campaign, with what is needed to start, read and predict from it.
 
     Attributes:
-        model: the numpyro model (no arguments; call it under handlers or pass it to NUTS).
+        model: the numpyro model (no arguments; call it under handlers or pass it to NUTS); ``model(batch=i)`` is
+            batch i alone, for the independent batches of an unpooled model with fixed noise.
         twin: the twin (held values come from it).
         config: the configuration it was built with.
         parameters: sampled kinetic parameters, in order.
@@ -329,21 +332,42 @@ def build_model(twin: Twin, campaign: Campaign, config: BayesConfig | None = Non
     loc_j, scale_j = jnp.asarray(prior_loc), jnp.asarray(prior_scale)
     lower_j, upper_j = jnp.asarray(lower), jnp.asarray(upper)
 
-    def model():
+    shared_fields = [bool(np.all(np.asarray(a) == np.asarray(a)[:1])) for a in encoded]
+
+    def model(batch=None):
+        """The model of every batch, or with `batch` (an index, may be traced) of that batch alone: sites of batch
+        size 1 and its data only. Batches of an unpooled model with fixed noise are independent, so the posterior of
+        the whole model is the product of these (see `NutsConfig.independent_batches`)."""
+        n, enc, y0_log = n_batch, encoded, log_y0
+        values, mask, censored = data.values, data.mask, data.censored
+        if batch is not None:
+            if config.pooling != "none" or config.noise != "fixed":
+                raise ValueError("a batch alone is a model of its own only when batches are independent "
+                                 "(pooling='none', noise='fixed')")
+
+            def one(a, axis=0):
+                return jax.lax.dynamic_slice_in_dim(jnp.asarray(a), batch, 1, axis=axis)
+
+            n, y0_log = 1, one(log_y0)
+            # a protocol table every batch shares is taken as it is: vmapped over batches it stays unbatched, and
+            # the solver's segment branches stay branches (a table gathered per batch makes every branch a select)
+            enc = type(encoded)(*(jnp.asarray(np.asarray(a)[:1]) if shared else one(a)
+                                  for a, shared in zip(encoded, shared_fields, strict=True)))
+            values, mask, censored = (one(a, axis=1) for a in (values, mask, censored))
         log_values = {}
         if config.pooling == "none":
-            with numpyro.plate("batch", n_batch):
+            with numpyro.plate("batch", n):
                 for i, name in enumerate(parameters):
                     log_values[name] = numpyro.sample(f"log_{name}", dist.Normal(loc_j[i], scale_j[i]))
         else:
             for i, name in enumerate(parameters):
                 log_values[name] = numpyro.sample(f"log_{name}", dist.Normal(loc_j[i], scale_j[i]))
-        per_batch = {k: jnp.broadcast_to(v, (n_batch,)) for k, v in base.items()}
-        effects = {name: jnp.zeros(n_batch) for name in config.hierarchical}
+        per_batch = {k: jnp.broadcast_to(v, (n,)) for k, v in base.items()}
+        effects = {name: jnp.zeros(n) for name in config.hierarchical}
         if config.hierarchical:
             n_h = len(config.hierarchical)
             tau = numpyro.sample("tau_batch", dist.HalfNormal(config.tau_sigma * jnp.ones(n_h)).to_event(1))
-            with numpyro.plate("batch", n_batch):
+            with numpyro.plate("batch", n):
                 z = numpyro.sample("z_batch", dist.Normal(jnp.zeros(n_h), 1.0).to_event(1))
             total = tau * z
             if group_index is not None:
@@ -354,11 +378,10 @@ def build_model(twin: Twin, campaign: Campaign, config: BayesConfig | None = Non
             effects = {name: total[:, j] for j, name in enumerate(config.hierarchical)}
         for i, name in enumerate(parameters):
             value = log_values[name] + effects.get(name, 0.0)
-            per_batch[name] = jnp.broadcast_to(jnp.exp(jnp.clip(value, lower_j[i], upper_j[i])), (n_batch,))
-        enc = encoded
+            per_batch[name] = jnp.broadcast_to(jnp.exp(jnp.clip(value, lower_j[i], upper_j[i])), (n,))
         if state_index.size:
-            with numpyro.plate("batch", n_batch):
-                log_init = numpyro.sample("log_initial", dist.Normal(log_y0, config.initial_sigma).to_event(1))
+            with numpyro.plate("batch", n):
+                log_init = numpyro.sample("log_initial", dist.Normal(y0_log, config.initial_sigma).to_event(1))
             enc = enc._replace(y0=enc.y0.at[:, state_index].set(jnp.exp(log_init)))
         if config.noise == "scale":
             scale = jnp.exp(numpyro.sample("noise_scale", dist.Normal(jnp.zeros(len(variables)),
@@ -368,11 +391,10 @@ def build_model(twin: Twin, campaign: Campaign, config: BayesConfig | None = Non
         prediction, status = _predict(kinetics, settings, per_batch, enc, variables)
         sigma_abs = (sigma_abs0 * scale)[:, None, None, None, None]
         sigma_rel = (sigma_rel0 * scale)[:, None, None, None, None]
-        nll = negative_log_likelihood(prediction[..., None], data.values, data.mask, data.censored, sigma_abs,
-                                      sigma_rel)
+        nll = negative_log_likelihood(prediction[..., None], values, mask, censored, sigma_abs, sigma_rel)
         ok = jnp.all(status == 0) & jnp.isfinite(nll)
         numpyro.deterministic("solver_failed", jnp.logical_not(ok))
-        numpyro.factor("loglik", jnp.where(ok, -nll, -1e20))
+        numpyro.factor("loglik", jnp.where(ok, -nll, FAILED_SOLVE_LOG_DENSITY))
 
     init = {f"log_{p}": np.asarray(math.log(float(np.asarray(twin.params[p])))) for p in parameters}
     if config.pooling == "none":

@@ -37,7 +37,8 @@ class PosteriorWarning(UserWarning):
 
 
 def _e_bfmi(energy: np.ndarray) -> np.ndarray:
-    """E-BFMI per chain from the Hamiltonian energy, (chain, draw) -> (chain,)."""
+    """E-BFMI per chain from the Hamiltonian energy, (chain, draw, ...) -> (chain, ...) (batches sampled
+    independently have their own chains)."""
     diff = np.diff(energy, axis=1)
     var = np.var(energy, axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -54,7 +55,8 @@ class Posterior:
             of `hierarchical` parameters, ``z_batch`` / ``z_group`` their standardised effects; ``noise_scale`` the
             log multiplier of each variable's noise; ``log_initial`` per-batch log initial states.
         stats: sampler statistics per iteration (chain, draw): ``diverging``, ``num_steps``, ``energy``,
-            ``accept_prob`` (NUTS); ``potential_energy`` (Laplace).
+            ``accept_prob`` (NUTS); ``potential_energy`` (Laplace). (chain, draw, batch) when the batches were
+            sampled independently (`NutsConfig.independent_batches`; the ``solver_failed`` draws too).
         meta: what was sampled and held (JSON-able): method, parameters, units, held values, hierarchical
             parameters, group covariate and levels, batches and their groups, variables and the base noise,
             settings, run time.
@@ -153,7 +155,7 @@ class Posterior:
         diverging = np.asarray(self.stats.get("diverging", np.zeros(1)))
         out["divergences"] = int(np.sum(diverging))
         energy = self.stats.get("energy")
-        out["e_bfmi"] = [float(v) for v in _e_bfmi(np.asarray(energy))] if energy is not None else []
+        out["e_bfmi"] = [float(v) for v in np.ravel(_e_bfmi(np.asarray(energy)))] if energy is not None else []
         steps = np.asarray(self.stats.get("num_steps", np.zeros(1)))
         depth = int(self.meta["settings"].get("max_tree_depth", 10))
         out["tree_depth_saturation"] = float(np.mean(steps >= 2 ** depth - 1))
@@ -219,6 +221,7 @@ class Posterior:
             stats["tree_depth"] = np.ceil(np.log2(self.stats["num_steps"] + 1.0)).astype(int)
         if "accept_prob" in self.stats:
             stats["acceptance_rate"] = self.stats["accept_prob"]
+        dims.update({k: ["batch"] for k, v in stats.items() if v.ndim == 3})  # batches sampled independently
         idata = az.from_dict(posterior=posterior, sample_stats=stats or None, coords=coords, dims=dims,
                              attrs={"method": self.method, "description": self.meta.get("description", ""),
                                     "held": json.dumps(self.meta["held"])})
