@@ -15,6 +15,13 @@ draws" means the draws' 5 % quantile stays above 2 mM at every check time (each 
 `check_every_h`). They enter the optimiser as squared-hinge penalties on that quantile; the bolus bounds are box
 constraints and the volume limit is also enforced exactly by projection, so a returned plan never overfills.
 
+A penalty on a quantile goes flat where the quantile's draws are depleted: once glucose runs out before a check time, a
+somewhat larger bolus is eaten before that time too, and the gradient vanishes while the constraint is broken.
+Where the gradient has stopped helping (the iteration would count as converged) while a limit on a species the feed
+carries is still broken by more than 5 % of its bound, the controller takes *feasibility-restoration* steps instead:
+more feed before each broken check of a lower limit (less for an upper limit), a step that doubles until the merit
+improves — the direction is known without a gradient, since the feed raises that species.
+
 Each call is a *real-time iteration*: projected-gradient steps with Barzilai–Borwein step sizes, continued from the
 previous call's plan, step size and next candidate, with a bounded number of objective-and-gradient evaluations
 (reverse mode through the solver) and a time budget, so the plan improves call by call within the loop's latency. If the optimiser fails, produces non-finite values or runs out of time before it has a
@@ -56,6 +63,7 @@ OBJECTIVE_TERMS = {
     "viable_cells": "viable-cell yield, final vcd × volume, 1e9 cells",
     "glucose_band": "−mean squared distance of glucose from `glucose_band` over the check times, mM²",
 }
+_RESTORE_AT = 0.05  # relative violation of a fed species' limit at which restoration steps start
 _STALL = 10  # evaluations without progress that end the iteration (see `MPCConfig.tolerance`)
 _LIMITS = (("glucose", "glucose_min", "lower"), ("glucose", "glucose_max", "upper"),
            ("lactate", "lactate_max", "upper"), ("ammonia", "ammonia_max", "upper"))
@@ -268,6 +276,7 @@ class _Call:
     fallback: np.ndarray  # L per future decision
     why_fallback: str
     started: float  # perf_counter at the call's start
+    feed: Mapping[str, float] = dataclasses.field(default_factory=dict)  # species -> concentration in the feed, mM
 
     @property
     def volume_limit(self) -> float:
@@ -421,7 +430,8 @@ class FeedingController:
                    y=jnp.asarray(states), inputs=inputs, table=table._replace(valid=jnp.asarray(table.valid)),
                    matrix=jnp.asarray(matrix), active=active, n_decisions=matrix.shape[1])
         fallback, why = self._fallback(future)
-        call = _Call(float(time_h), future, problem, dyn, volume_now, samples, max_volume, fallback, why, started)
+        call = _Call(float(time_h), future, problem, dyn, volume_now, samples, max_volume, fallback, why, started,
+                     dict(zip(kinetics.species, conc.tolist(), strict=True)))
         return dataclasses.replace(call, fallback=self._project(fallback, call))
 
     def _initial_guess(self, call: _Call) -> np.ndarray:
@@ -447,6 +457,27 @@ class FeedingController:
             if all(t in lookup for t in future):
                 return np.asarray([lookup[t] for t in future]), "the previous plan"
         return np.full(len(future), self.config.fallback_bolus_l), "the default boluses"
+
+    def _restoration(self, call: _Call, observed: np.ndarray, ok: np.ndarray) -> np.ndarray | None:
+        """The feasibility-restoration direction at a plan's predictions `observed` (draws, rows, variables): for
+        each check where the chance constraint on a species the feed carries is broken by more than `_RESTORE_AT` of
+        its bound, +1 (lower limit, the feed richer than the bound) or −1 (upper limit, the feed richer than the bound)
+        on the last decision before that check; None when no such constraint is broken."""
+        table = call.dyn["table"]
+        valid, t_end = np.asarray(table.valid), np.asarray(table.t1)
+        direction = np.zeros(len(call.future))
+        for var, bound, side in self._limits():
+            if call.feed.get(var, 0.0) <= bound or bound <= 0:
+                continue  # feeding does not move this limit's species towards its bound
+            values = np.where(ok[:, None], observed[:, :, self.variables.index(var)], 0.0 if side == "lower" else 1e6)
+            level = 1 - self.config.probability if side == "lower" else self.config.probability
+            quantile = np.quantile(values, level, axis=0)
+            broken = valid & ((bound - quantile if side == "lower" else quantile - bound) > _RESTORE_AT * bound)
+            for t in t_end[broken]:
+                before = np.nonzero(call.future < t - 1e-9)[0]
+                if before.size:
+                    direction[before[-1]] = 1.0 if side == "lower" else -1.0
+        return direction if np.any(direction) else None
 
     def _project(self, volumes: np.ndarray, call: _Call) -> np.ndarray:
         """Clips to the bolus bounds (non-finite -> the lower bound) and, in time order, to the vessel's headroom."""
@@ -493,6 +524,7 @@ class FeedingController:
         best = dict(state) if same_belief and state.get("f") is not None else {"x": state["x"], "f": None}
         candidate = state.get("candidate")
         alpha, radius, stall = state.get("alpha"), state.get("radius", 0.2), state.get("stall", 0)
+        restore = None  # the length of the last feasibility-restoration step (relative to u_max), None: none taken
 
         def propose(x, g):
             """The next candidate: a Barzilai–Borwein step (a normalised gradient step before there is one),
@@ -529,14 +561,20 @@ class FeedingController:
                         alpha = float(step @ step / curvature) if curvature > 1e-300 else None
                     best = {"x": trial, "f": merit, "g": grad, "report": report}
                     same_belief = True  # from here on, candidates must improve on this evaluation
-                    radius = min(2 * radius, 0.5)
+                    radius, restore = min(2 * radius, 0.5), None
                 else:  # worse or not finite: a shorter step
                     radius /= 2
                 candidate = propose(best["x"], best["g"])
                 pg = np.max(np.abs(project(best["x"] - best["g"]) - best["x"]), initial=0.0)
                 if pg <= config.tolerance or radius < 1e-7 or stall >= _STALL:
-                    status = "converged"
-                    break
+                    (observed, ok), _ = best["report"]
+                    direction = self._restoration(call, np.asarray(observed), np.asarray(ok))
+                    restore = 0.1 if restore is None else 2 * restore
+                    restored = None if direction is None else project(best["x"] + restore * direction)
+                    if restored is None or np.array_equal(restored, best["x"]) or restore > 1.0:
+                        status = "converged"
+                        break
+                    candidate, radius, stall = restored, 0.2, 0  # a restoration step: accepted if it lowers the merit
         except Exception as exc:  # noqa: BLE001  (any optimiser failure becomes a status, never a crash)
             status = f"fallback: the optimiser failed ({type(exc).__name__}: {exc}); using {call.why_fallback}"
         if best.get("report") is None and not status.startswith("fallback"):
