@@ -11,7 +11,8 @@ Measures, on a synthetic CHO fed-batch campaign made from `CHOFedBatch` at its d
 5. (full run only) NUTS on all 12 kinetic parameters, and the UMN CHO runs with a cell-line grouping when
    ../shared/datasets is present.
 
-Run: ``python benchmarks/bench_bayes.py [--quick] [--json out.json]``. `run(quick)` returns figure records
+Run: ``python benchmarks/bench_bayes.py [--quick] [--parts subset,repeats,all] [--repeats N] [--json out.json]``
+(each part prints its figures as it finishes). `run(quick)` returns figure records
 ``{"name", "value", "unit", "peer", "ratio", "target", "met"}``. Timings are the machine's; `--quick` shrinks chains,
 draws and repetitions (its figures are not the issue's targets).
 """
@@ -81,21 +82,16 @@ def _coverage(prediction, campaign, batch):
     return inside, total
 
 
-def run(quick: bool = False) -> list[dict]:
-    from cgt_twin.bayes import (
-        BayesConfig,
-        NutsConfig,
-        build_model,
-        laplace,
-        potential,
-        sample_nuts,
-        select_identifiable,
-    )
-    from cgt_twin.predict import predict
+PARTS = ("subset", "repeats", "all")
+"""subset: 1, 2, 3a and 4 above; repeats: 3b; all: 5."""
+
+
+def run(quick: bool = False, parts: tuple[str, ...] = PARTS, repeats: int | None = None) -> list[dict]:
+    from cgt_twin.bayes import BayesConfig, select_identifiable
 
     warnings.simplefilter("ignore")
     chains, warmup, draws = (2, 100, 100) if quick else (4, 500, 500)
-    repeats = 2 if quick else 10
+    repeats = repeats if repeats is not None else (2 if quick else 10)
     records = []
     holdout = "B6"
     truth_twin, campaign = cho_campaign(seed=0)
@@ -105,10 +101,32 @@ def run(quick: bool = False) -> list[dict]:
     chosen = select_identifiable(fit.twin, campaign, config, standard_errors=fit.standard_errors, batches=train)
     records.append(_record("identifiable parameters sampled", len(chosen), "count", "<= 6", len(chosen) <= 6))
     config = BayesConfig(parameters=chosen)
+    if "subset" in parts:
+        records += _subset(fit, campaign, config, train, holdout, chains, warmup, draws, len(chosen), quick)
+        _show(records)
+    if "repeats" in parts:
+        records.append(_repeats(truth_twin, config, train, holdout, chains, warmup, draws, repeats))
+        _show(records[-1:])
+    if "all" in parts and not quick:
+        records += _all_parameters(truth_twin, fit, campaign, train, chains, warmup, draws)
+        _show(records[-3:])
+    return records
 
-    # 2. forward vs reverse gradient
+
+def _show(records) -> None:
+    for r in records:
+        print(f"{r['name']}: {r['value']:.4g} {r['unit']}" + (f" (target {r['target']}, met {r['met']})"
+                                                            if r["target"] else ""), flush=True)
+
+
+def _subset(fit, campaign, config, train, holdout, chains, warmup, draws, n_chosen, quick) -> list[dict]:
+    """Gradient timings, NUTS on the identifiable subset, held-out coverage, Laplace vs NUTS bands."""
     import jax
 
+    from cgt_twin.bayes import NutsConfig, build_model, laplace, potential, sample_nuts
+    from cgt_twin.predict import predict
+
+    records = []
     for forward in (True, False):
         model = build_model(fit.twin, campaign, config, batches=train, forward_mode=forward)
         x0, fn, _, _ = potential(model)
@@ -128,7 +146,7 @@ def run(quick: bool = False) -> list[dict]:
     d = posterior.diagnostics
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
     records += [
-        _record(f"NUTS {chains}x({warmup}+{draws}), {len(chosen)} parameters + noise, 6 batches", seconds, "s",
+        _record(f"NUTS {chains}x({warmup}+{draws}), {n_chosen} parameters + noise, 6 batches", seconds, "s",
                 "<= 600 s (4x(500+500))", None if quick else seconds <= 600),
         _record("R-hat max", d["r_hat_max"], "1", "<= 1.01", None if quick else d["r_hat_max"] <= 1.01),
         _record("divergences", d["divergences"], "count", "0", None if quick else d["divergences"] == 0),
@@ -149,8 +167,13 @@ def run(quick: bool = False) -> list[dict]:
         width = band["vcd"].sel(statistic="q95") - band["vcd"].sel(statistic="q05")
         records.append(_record(f"mean 90 % band width of vcd, held-out batch ({name})",
                                float(np.nanmean(width.values)), "1e6 cells/mL"))
+    return records
 
-    # 3b. true parameters inside 95 % credible intervals over repeated datasets
+
+def _repeats(truth_twin, config, train, holdout, chains, warmup, draws, repeats) -> dict:
+    """3b: the share of true parameters inside their 95 % credible intervals over repeated datasets."""
+    from cgt_twin.bayes import NutsConfig, build_model, sample_nuts
+
     hits = n = 0
     truth = {k: float(v) for k, v in truth_twin.params.items()}
     for r in range(repeats):
@@ -162,32 +185,36 @@ def run(quick: bool = False) -> list[dict]:
             low, high = np.quantile(values, [0.025, 0.975])
             hits += low <= truth[p] <= high
             n += 1
-    records.append(_record(f"true parameters inside 95 % credible intervals ({repeats} datasets)",
-                           100 * hits / max(n, 1), "%", "about 95 %", None))
+    return _record(f"true parameters inside 95 % credible intervals ({repeats} datasets)", 100 * hits / max(n, 1), "%",
+                   "about 95 %", None)
 
-    if not quick:  # 5. all kinetic parameters
-        every = BayesConfig(parameters=tuple(p.name for p in truth_twin.kinetics.parameters
-                                             if p.name != "eps_switch"))
-        model_all = build_model(fit.twin, campaign, every, batches=train)
-        start = time.perf_counter()
-        post_all = sample_nuts(model_all, NutsConfig(chains=chains, warmup=warmup, draws=draws))
-        seconds_all = time.perf_counter() - start
-        records += [_record(f"NUTS all {len(every.parameters)} kinetic parameters", seconds_all, "s"),
-                    _record("R-hat max (all parameters)", post_all.diagnostics["r_hat_max"], "1"),
-                    _record("tree-depth saturation (all parameters)", post_all.diagnostics["tree_depth_saturation"],
-                            "fraction")]
-    return records
+
+def _all_parameters(truth_twin, fit, campaign, train, chains, warmup, draws) -> list[dict]:
+    """5: NUTS on every kinetic parameter."""
+    from cgt_twin.bayes import BayesConfig, NutsConfig, build_model, sample_nuts
+
+    every = BayesConfig(parameters=tuple(p.name for p in truth_twin.kinetics.parameters if p.name != "eps_switch"))
+    model_all = build_model(fit.twin, campaign, every, batches=train)
+    start = time.perf_counter()
+    post_all = sample_nuts(model_all, NutsConfig(chains=chains, warmup=warmup, draws=draws))
+    seconds_all = time.perf_counter() - start
+    diagnostics = post_all.diagnostics
+    return [_record(f"NUTS all {len(every.parameters)} kinetic parameters", seconds_all, "s"),
+            _record("R-hat max (all parameters)", diagnostics["r_hat_max"], "1"),
+            _record("tree-depth saturation (all parameters)", diagnostics["tree_depth_saturation"], "fraction")]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="reduced chains, draws and repetitions")
     parser.add_argument("--json", help="write the figures to this JSON file")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {PARTS}")
+    parser.add_argument("--repeats", type=int, help="repeated datasets of part 'repeats' (default 10, quick 2)")
     args = parser.parse_args()
-    records = run(args.quick)
-    for r in records:
-        print(f"{r['name']}: {r['value']:.4g} {r['unit']}" + (f" (target {r['target']}, met {r['met']})"
-                                                            if r["target"] else ""))
+    parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
+    if set(parts) - set(PARTS):
+        parser.error(f"unknown parts {sorted(set(parts) - set(PARTS))}; choose from {PARTS}")
+    records = run(args.quick, parts, args.repeats)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump({"machine": platform.machine(), "cpus": os.cpu_count(), "records": records}, handle, indent=2)
