@@ -82,3 +82,8 @@ def test_config_file_errors(tmp_path):
     path.write_text('[sampler]\nindependent_batches = true\ntarget_accept = 1\n')
     sampler = read_bayes_config(path).sampler
     assert sampler.independent_batches is True and sampler.target_accept == 1
+    path.write_text('forward_mode = "fast"\n')
+    with pytest.raises(CampaignValidationError, match="forward_mode must be true, false or"):
+        read_bayes_config(path)
+    path.write_text('forward_mode = "auto"\n')
+    assert read_bayes_config(path).forward_mode == "auto"

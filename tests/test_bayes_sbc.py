@@ -164,3 +164,26 @@ def test_laplace_matches_an_independent_optimiser():
         error = np.abs(draws.mean(axis=0) - np.asarray(mode[site]))
         assert np.all(error < 4 * np.asarray(sd[site]) / np.sqrt(4000)), (site, draws.mean(axis=0), mode[site])
         np.testing.assert_allclose(draws.std(axis=0), np.asarray(sd[site]), rtol=0.06)
+
+
+def test_auto_mode_times_both_gradients_and_uses_the_faster():
+    """``forward_mode="auto"``: both gradients timed, the faster mode used and recorded; the posterior is the one the
+    chosen mode gives when asked for directly."""
+    from cgt_twin.bayes import sample
+
+    truth, campaign = _replications(64, 11)
+    batches = list(truth)[:2]
+    twin = Twin(GrowthDeath(), {}, NOISE)
+    config = BayesConfig(parameters=SAMPLED, pooling="none", noise="fixed", solver=FAST_SOLVER)
+    known = {b: INITIAL_STATE for b in batches}
+    auto = sample(twin, campaign.sel(batches), config, NutsConfig(chains=1, draws=200), method="laplace",
+                  forward_mode="auto", initial_states=known)
+    settings = auto.meta["settings"]
+    times = settings["gradient_ms"]
+    assert set(times) == {"forward", "reverse"} and all(t > 0 for t in times.values())
+    assert settings["forward_mode"] == (times["forward"] <= times["reverse"])
+    direct = sample(twin, campaign.sel(batches), config, NutsConfig(chains=1, draws=200), method="laplace",
+                    forward_mode=settings["forward_mode"], initial_states=known)
+    np.testing.assert_allclose(auto.samples["log_mu_max"], direct.samples["log_mu_max"], rtol=1e-8)
+    with pytest.raises(CampaignValidationError, match="forward_mode"):
+        sample(twin, campaign.sel(batches), config, method="laplace", forward_mode="fast", initial_states=known)

@@ -14,7 +14,7 @@ bands = cgt_twin.predict.predict(hybrid_twin, campaign, posterior=posterior, ens
 """
 
 from .ensemble import ENSEMBLE_FILES, ResidualEnsemble, ensemble_bands, ensemble_draws, train_ensemble
-from .inference import NutsConfig, laplace, potential, sample, sample_nuts, select_identifiable
+from .inference import NutsConfig, gradient_times, laplace, potential, sample, sample_nuts, select_identifiable
 from .model import NUMERICAL_PARAMETERS, BayesConfig, Prior, TwinModel, build_model
 from .plots import plot_pairs, plot_predictive_bands, plot_trace
 from .posterior import POSTERIOR_FILES, THRESHOLDS, Posterior, PosteriorWarning
@@ -22,6 +22,7 @@ from .predictive import BANDS, batch_parameter_draws, predictive_bands, predicti
 
 __all__ = ["BANDS", "ENSEMBLE_FILES", "NUMERICAL_PARAMETERS", "POSTERIOR_FILES", "ResidualEnsemble", "ensemble_bands",
            "ensemble_draws", "train_ensemble", "THRESHOLDS", "BayesConfig", "NutsConfig", "Posterior",
-           "PosteriorWarning", "Prior", "TwinModel", "batch_parameter_draws", "build_model", "laplace", "plot_pairs",
+           "PosteriorWarning", "Prior", "TwinModel", "batch_parameter_draws", "build_model", "gradient_times", "laplace",
+           "plot_pairs",
            "plot_predictive_bands", "plot_trace", "potential", "predictive_bands", "predictive_draws", "sample",
            "sample_nuts", "select_identifiable"]

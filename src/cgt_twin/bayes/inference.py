@@ -29,7 +29,7 @@ from ..models.twin import Twin
 from .model import FAILED_SOLVE_LOG_DENSITY, NUMERICAL_PARAMETERS, BayesConfig, TwinModel, build_model
 from .posterior import Posterior
 
-__all__ = ["NutsConfig", "sample_nuts", "laplace", "select_identifiable", "potential", "sample"]
+__all__ = ["NutsConfig", "sample_nuts", "laplace", "select_identifiable", "potential", "sample", "gradient_times"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -354,26 +354,63 @@ def _sample_batches_independently(twin_model: TwinModel, config: NutsConfig) -> 
     return _finish(twin_model, samples, stats, "nuts", settings, time.perf_counter() - start)
 
 
+def gradient_times(twin: Twin, campaign: Campaign, config: BayesConfig, *, repeats: int = 5,
+                   **build_kwargs) -> dict[str, float]:
+    """Median wall time (ms) of one gradient of the model's log density in forward and in reverse mode, each after
+    its compilation, at the model's starting point: ``{"forward": ms, "reverse": ms}``. Forward mode costs about one
+    solve per sampled coordinate, reverse mode a constant multiple of one solve, so which is faster depends on the
+    model and the number of sampled quantities (measured in `benchmarks/bench_bayes.py`)."""
+    times = {}
+    for forward in (True, False):
+        x0, fn, _, _ = potential(build_model(twin, campaign, config, forward_mode=forward, **build_kwargs))
+        gradient = jax.jit(jax.jacfwd(fn) if forward else jax.grad(fn))
+        jax.block_until_ready(gradient(x0))
+        runs = []
+        for i in range(repeats):
+            started = time.perf_counter()
+            jax.block_until_ready(gradient(x0 + 1e-6 * (i + 1)))
+            runs.append(time.perf_counter() - started)
+        times["forward" if forward else "reverse"] = 1e3 * float(np.median(runs))
+    return times
+
+
 def sample(twin: Twin, campaign: Campaign, config: BayesConfig | None = None, nuts: NutsConfig | None = None, *,
            method: str = "nuts", standard_errors: Mapping[str, float] | None = None,
-           forward_mode: bool = True, **build_kwargs) -> Posterior:
+           forward_mode: bool | str = True, **build_kwargs) -> Posterior:
     """The posterior of `twin` on `campaign` in one call: choose the identifiable subset when
     ``config.parameters`` is None, build the model, run NUTS (or ``method="laplace"``).
 
     Args:
         standard_errors: a fit's log-scale standard errors, used to choose the identifiable subset.
+        forward_mode: True (forward-mode sensitivities), False (reverse mode) or ``"auto"``: time one gradient each
+            way (`gradient_times`, two extra compilations) and use the faster; the times and the choice are kept in
+            ``posterior.meta["settings"]["gradient_ms"]`` and ``["forward_mode"]``.
         build_kwargs: passed to `build_model` (``batches``, ``initial_states``).
     """
     config = config or BayesConfig()
     if method not in ("nuts", "laplace"):
         raise CampaignValidationError(Problem("method", f"must be 'nuts' or 'laplace', got {method!r}"))
+    if forward_mode not in (True, False, "auto"):
+        raise CampaignValidationError(Problem("forward_mode", f"must be true, false or 'auto', got {forward_mode!r}"))
+    auto = forward_mode == "auto"
+    if auto:
+        forward_mode = True  # for the identifiable subset's Hessian (forward over forward: exact)
     if config.parameters is None:
         chosen = select_identifiable(twin, campaign, config, standard_errors=standard_errors,
                                      forward_mode=forward_mode, **build_kwargs)
         chosen = tuple(dict.fromkeys((*chosen, *config.hierarchical)))
         config = dataclasses.replace(config, parameters=chosen)
+    times = None
+    if auto:
+        times = gradient_times(twin, campaign, config, **build_kwargs)
+        forward_mode = times["forward"] <= times["reverse"]
     twin_model = build_model(twin, campaign, config, forward_mode=forward_mode, **build_kwargs)
     if method == "laplace":
         nuts = nuts or NutsConfig()
-        return laplace(twin_model, draws=nuts.chains * nuts.draws, seed=nuts.seed)
-    return sample_nuts(twin_model, nuts)
+        posterior = laplace(twin_model, draws=nuts.chains * nuts.draws, seed=nuts.seed)
+    else:
+        posterior = sample_nuts(twin_model, nuts)
+    posterior.meta["settings"]["forward_mode"] = bool(forward_mode)
+    if times is not None:
+        posterior.meta["settings"]["gradient_ms"] = times
+    return posterior
