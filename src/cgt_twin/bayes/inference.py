@@ -291,7 +291,7 @@ def _sample_batches_independently(twin_model: TwinModel, config: NutsConfig) -> 
                    for b in range(n_batch)])  # (batch, dim)
     dim = x0.shape[1]
 
-    def potential(z, b):
+    def batch_potential(z, b):
         log_joint, trace = log_density(twin_model.model, (), {"batch": b}, z)
         bounded = [k for k, site in trace.items() if site["type"] == "sample" and not site["is_observed"]
                    and not _is_real(site["fn"].support)]
@@ -300,7 +300,7 @@ def _sample_batches_independently(twin_model: TwinModel, config: NutsConfig) -> 
         return -log_joint
 
     def flat(x, b):
-        return potential(unravel(x), b)
+        return batch_potential(unravel(x), b)
 
     lanes = max(1 + 2 * dim, chains)  # points per batch in each call of the gradient
     lane_batch = jnp.repeat(jnp.arange(n_batch), lanes)
@@ -323,7 +323,7 @@ def _sample_batches_independently(twin_model: TwinModel, config: NutsConfig) -> 
     mass = covariances if config.dense_mass else np.diagonal(covariances, axis1=1, axis2=2)
     mass = jnp.asarray(np.repeat(mass, chains, axis=0))
     lane_batch = jnp.repeat(jnp.arange(n_batch), chains)
-    init_kernel, sample_kernel = hmc(potential_fn_gen=lambda batch: partial(potential, b=batch), algo="NUTS")
+    init_kernel, sample_kernel = hmc(potential_fn_gen=lambda batch: partial(batch_potential, b=batch), algo="NUTS")
 
     def init_lane(params, inverse_mass, b, key):
         return init_kernel(params, config.warmup, inverse_mass_matrix=inverse_mass, dense_mass=config.dense_mass,
