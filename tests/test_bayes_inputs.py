@@ -85,5 +85,7 @@ def test_config_file_errors(tmp_path):
     path.write_text('forward_mode = "fast"\n')
     with pytest.raises(CampaignValidationError, match="forward_mode must be true, false or"):
         read_bayes_config(path)
-    path.write_text('forward_mode = "auto"\n')
+    path.write_text('forward_mode = false\n')
+    assert read_bayes_config(path).forward_mode is False
+    path.write_text('method = "nuts"\n')  # not given: time both modes, use the faster
     assert read_bayes_config(path).forward_mode == "auto"

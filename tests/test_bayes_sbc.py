@@ -167,8 +167,8 @@ def test_laplace_matches_an_independent_optimiser():
 
 
 def test_auto_mode_times_both_gradients_and_uses_the_faster():
-    """``forward_mode="auto"``: both gradients timed, the faster mode used and recorded; the posterior is the one the
-    chosen mode gives when asked for directly."""
+    """``forward_mode="auto"`` (the default): both gradients timed, the faster mode used and recorded; the posterior
+    is the one the chosen mode gives when asked for directly."""
     from cgt_twin.bayes import sample
 
     truth, campaign = _replications(64, 11)
@@ -177,7 +177,7 @@ def test_auto_mode_times_both_gradients_and_uses_the_faster():
     config = BayesConfig(parameters=SAMPLED, pooling="none", noise="fixed", solver=FAST_SOLVER)
     known = {b: INITIAL_STATE for b in batches}
     auto = sample(twin, campaign.sel(batches), config, NutsConfig(chains=1, draws=200), method="laplace",
-                  forward_mode="auto", initial_states=known)
+                  initial_states=known)
     settings = auto.meta["settings"]
     times = settings["gradient_ms"]
     assert set(times) == {"forward", "reverse"} and all(t > 0 for t in times.values())

@@ -2,7 +2,7 @@
 
 ```toml
 method = "nuts"            # or "laplace"
-forward_mode = true        # forward-mode sensitivities; false: reverse mode; "auto": time both, use the faster
+forward_mode = "auto"      # time one gradient each way, use the faster (default); true: forward, false: reverse
 
 [model]                    # fields of BayesConfig
 parameters = ["mu_max", "q_p"]      # omit: the identifiable subset
@@ -44,7 +44,7 @@ class SampleSettings:
     model: BayesConfig = BayesConfig()
     sampler: NutsConfig = NutsConfig()
     method: str = "nuts"
-    forward_mode: bool | str = True
+    forward_mode: bool | str = "auto"
 
 
 def _same_kind(default, value) -> bool:
@@ -97,7 +97,7 @@ def read_bayes_config(path: str | os.PathLike | None, *, seed: int | None = None
         model = {k: tuple(v) if k in _TUPLES and isinstance(v, list) else v for k, v in model.items()}
         bayes = BayesConfig(**model, priors=priors,
                             **({"solver": SolverSettings(**solver)} if isinstance(solver, dict) else {}))
-        mode = raw.get("forward_mode", True)
+        mode = raw.get("forward_mode", "auto")
         if mode not in (True, False, "auto"):
             raise CampaignValidationError(Problem(str(path), f"forward_mode must be true, false or \"auto\", got {mode!r}"))
         settings = SampleSettings(bayes, NutsConfig(**sampler), str(raw.get("method", "nuts")), mode)

@@ -376,15 +376,17 @@ def gradient_times(twin: Twin, campaign: Campaign, config: BayesConfig, *, repea
 
 def sample(twin: Twin, campaign: Campaign, config: BayesConfig | None = None, nuts: NutsConfig | None = None, *,
            method: str = "nuts", standard_errors: Mapping[str, float] | None = None,
-           forward_mode: bool | str = True, **build_kwargs) -> Posterior:
+           forward_mode: bool | str = "auto", **build_kwargs) -> Posterior:
     """The posterior of `twin` on `campaign` in one call: choose the identifiable subset when
     ``config.parameters`` is None, build the model, run NUTS (or ``method="laplace"``).
 
     Args:
         standard_errors: a fit's log-scale standard errors, used to choose the identifiable subset.
-        forward_mode: True (forward-mode sensitivities), False (reverse mode) or ``"auto"``: time one gradient each
-            way (`gradient_times`, two extra compilations) and use the faster; the times and the choice are kept in
-            ``posterior.meta["settings"]["gradient_ms"]`` and ``["forward_mode"]``.
+        forward_mode: ``"auto"`` (the default): time one gradient each way (`gradient_times`, two extra
+            compilations) and use the faster; the times and the choice are kept in
+            ``posterior.meta["settings"]["gradient_ms"]`` and ``["forward_mode"]``. True or False force forward-mode
+            sensitivities or reverse mode. Which is faster depends on the model and how many quantities are sampled
+            (measured figures in docs/bayesian.md).
         build_kwargs: passed to `build_model` (``batches``, ``initial_states``).
     """
     config = config or BayesConfig()
