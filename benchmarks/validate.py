@@ -34,6 +34,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import sys
 import time
 import warnings
@@ -378,15 +379,29 @@ def _inside_band(prediction, campaign, batch: str, variables) -> dict:
     return out
 
 
+def _posterior_cache(quick: bool) -> Path:
+    """Where the posterior section keeps its finished steps (the fitted twin, each method's posterior), so that a
+    stopped run resumes after the last finished step; ignored by git."""
+    return ROOT / "benchmarks" / ".cache" / ("posterior_quick" if quick else "posterior")
+
+
+def _say(message: str) -> None:
+    print(f"[posterior {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 def section_posterior(results, save, budget, quick):
     """A posterior of the CHO twin on five UMN runs (CL1 and CL2), the growth rate varying between batches and by
     cell line; its predictive bands for the held-out run, against that run's measurements; NUTS diagnostics; the
-    Laplace approximation side by side."""
+    Laplace approximation side by side.
+
+    Each step (fit, NUTS, Laplace) is checkpointed under ``benchmarks/.cache`` when it finishes and reused by a rerun
+    (``--fresh`` or ``--redo`` start over); the seconds of each step are those of the run that computed it."""
     import matplotlib
 
     matplotlib.use("Agg")
     from cgt_twin.bayes import BayesConfig, NutsConfig, plot_predictive_bands, sample
     from cgt_twin.fit import FitConfig, fit_mechanistic
+    from cgt_twin.io import load_posterior, load_twin, save_twin
     from cgt_twin.models import CHOFedBatch, Twin
     from cgt_twin.predict import predict
 
@@ -398,30 +413,55 @@ def section_posterior(results, save, budget, quick):
     train = [b for b in runs if b != POSTERIOR_HELD_OUT]
     campaign = campaign.sel(runs)
     training = campaign.sel(train)
-    start = time.perf_counter()
-    fit = fit_mechanistic(Twin(CHOFedBatch(lactate_consumption=True)), training,
-                          FitConfig(initial_states=("vcd",), n_starts=budget.n_starts, max_steps=budget.lm_steps,
-                                    rounds=budget.rounds))
-    fit_seconds = time.perf_counter() - start
+    cache = _posterior_cache(quick)
+    cache.mkdir(parents=True, exist_ok=True)
+    fit_record = cache / "fit.json"
+    if fit_record.is_file():
+        fitted = json.loads(fit_record.read_text(encoding="utf-8"))
+        twin, standard_errors = load_twin(cache / "fit_twin"), fitted["standard_errors"]
+        _say(f"fit reused from {cache} ({fitted['seconds']:.0f} s when computed)")
+    else:
+        _say("fitting ...")
+        start = time.perf_counter()
+        fit = fit_mechanistic(Twin(CHOFedBatch(lactate_consumption=True)), training,
+                              FitConfig(initial_states=("vcd",), n_starts=budget.n_starts, max_steps=budget.lm_steps,
+                                        rounds=budget.rounds))
+        fitted = {"status": fit.status, "seconds": time.perf_counter() - start,
+                  "standard_errors": dict(fit.standard_errors)}
+        twin, standard_errors = fit.twin, fitted["standard_errors"]
+        save_twin(twin, cache / "fit_twin", overwrite=True)
+        fit_record.write_text(json.dumps(fitted, indent=1, default=float), encoding="utf-8")
+        _say(f"fit {fit.status} in {fitted['seconds']:.0f} s")
     config = BayesConfig(hierarchical=("mu_max",), group="cell_line", variables=UMN_VARIABLES)
     settings = POSTERIOR_QUICK_NUTS if quick else POSTERIOR_NUTS
-    out = {"held_out": POSTERIOR_HELD_OUT, "train": train, "fit_status": fit.status, "fit_seconds": fit_seconds,
-           "nuts_settings": settings}
+    out = {"held_out": POSTERIOR_HELD_OUT, "train": train, "fit_status": fitted["status"],
+           "fit_seconds": fitted["seconds"], "nuts_settings": settings}
     images = ROOT / "docs" / "images"
     for method in ("nuts", "laplace"):
-        start = time.perf_counter()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            posterior = sample(fit.twin, training, config, NutsConfig(**settings), method=method,
-                               standard_errors=fit.standard_errors)
-        seconds = time.perf_counter() - start
-        prediction = predict(fit.twin, campaign, batches=[POSTERIOR_HELD_OUT], posterior=posterior, n_draws=200)
-        coverage = _inside_band(prediction, campaign, POSTERIOR_HELD_OUT, UMN_VARIABLES)
-        entry = {"seconds": seconds, "parameters": list(posterior.parameters), "held": sorted(posterior.meta["held"]),
-                 "diagnostics": {k: v for k, v in posterior.diagnostics.items() if not isinstance(v, (list, dict))},
-                 "e_bfmi": posterior.diagnostics.get("e_bfmi", []), "problems": list(posterior.problems),
-                 "warnings": sorted({str(w.message)[:200] for w in caught})[:5], "coverage": coverage,
-                 "treatment": prediction.attrs.get("batch_treatment", "")}
+        record, folder = cache / f"{method}.json", cache / f"{method}_twin"
+        if record.is_file():
+            entry, posterior = json.loads(record.read_text(encoding="utf-8")), load_posterior(folder)
+            _say(f"{method} reused ({entry['seconds']:.0f} s when computed)")
+        else:
+            _say(f"{method} ...")
+            start = time.perf_counter()
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                posterior = sample(twin, training, config, NutsConfig(**settings), method=method,
+                                   standard_errors=standard_errors, forward_mode="auto")
+            entry = {"seconds": time.perf_counter() - start, "warnings": sorted({str(w.message)[:200] for w in caught})[:5]}
+            save_twin(twin, folder, overwrite=True, posterior=posterior)
+            record.write_text(json.dumps(entry, indent=1, default=float), encoding="utf-8")
+            _say(f"{method} in {entry['seconds']:.0f} s")
+        prediction = predict(twin, campaign, batches=[POSTERIOR_HELD_OUT], posterior=posterior, n_draws=200)
+        entry.update({"parameters": list(posterior.parameters), "held": sorted(posterior.meta["held"]),
+                      "diagnostics": {k: v for k, v in posterior.diagnostics.items()
+                                      if not isinstance(v, (list, dict))},
+                      "e_bfmi": posterior.diagnostics.get("e_bfmi", []), "problems": list(posterior.problems),
+                      "coverage": _inside_band(prediction, campaign, POSTERIOR_HELD_OUT, UMN_VARIABLES),
+                      "treatment": prediction.attrs.get("batch_treatment", ""),
+                      "forward_mode": posterior.meta.get("settings", {}).get("forward_mode"),
+                      "gradient_ms": posterior.meta.get("settings", {}).get("gradient_ms")})
         if method == "nuts" and not quick:
             figure = plot_predictive_bands(campaign, prediction, variables=("vcd", "glucose", "lactate", "titer"),
                                            batches=[POSTERIOR_HELD_OUT])
@@ -679,7 +719,13 @@ def posterior_text(results: dict) -> list[str]:
         return lines
     first = post[methods[0]]
     lines += [f"Sampled: {', '.join(first['parameters'])}; held at the fit: {', '.join(first['held']) or 'none'}.",
-              "", "| method | seconds | split R-hat (max) | bulk ESS (min) | tail ESS (min) | divergences | "
+              ""]
+    if first.get("gradient_ms"):
+        ms = first["gradient_ms"]
+        lines += [f"Differentiation chosen by `forward_mode='auto'`: one gradient of the log density took "
+                  f"{_fmt(ms.get('forward'), 3)} ms forward, {_fmt(ms.get('reverse'), 3)} ms reverse; sampled in "
+                  f"{'forward' if first.get('forward_mode') else 'reverse'} mode.", ""]
+    lines += [ "| method | seconds | split R-hat (max) | bulk ESS (min) | tail ESS (min) | divergences | "
               "tree-depth saturation | E-BFMI (min) | warnings |", "|---|---|---|---|---|---|---|---|---|"]
     for m in methods:
         e, d = post[m], post[m]["diagnostics"]
@@ -861,6 +907,8 @@ def main(argv=None) -> dict:
     unknown = [s for s in chosen if s not in SECTIONS]
     if unknown:
         parser.error(f"unknown sections {unknown}; choose from {SECTIONS} (or none: rewrite the page only)")
+    if (args.fresh or args.redo) and "posterior" in chosen:
+        shutil.rmtree(_posterior_cache(args.quick), ignore_errors=True)
     if args.redo:
         for key in [k for k in results if any(k.startswith(section) for section in chosen)]:
             del results[key]
