@@ -51,9 +51,13 @@ def true_initial_states(n_batches: int = 7) -> dict[str, dict[str, float]]:
 TRUE_INITIAL_STATES = true_initial_states()
 
 
-def cho_campaign(seed: int, n_batches: int = 7):
-    from cgt_twin.data import Event, Medium, Protocol
-    from cgt_twin.data.synthetic import SamplingPlan, synthetic_campaign
+def cho_campaign(seed: int, n_batches: int = 7, likelihood_noise: bool = False):
+    """(truth twin, campaign): the synthetic CHO campaign. Its measurement noise is `synthetic_campaign`'s default
+    (log-normal relative errors plus normal absolute ones, clipped at physical bounds), or with `likelihood_noise`
+    the likelihood's own error model, normal with σ² = σ_abs² + (σ_rel·ŷ)² and nothing clipped (`likelihood_noise`
+    returns the twin with that noise model): only then is the conditional posterior at the truth exact."""
+    from cgt_twin.data import Campaign, Event, Medium, Protocol
+    from cgt_twin.data.synthetic import DEFAULT_NOISE, NoiseModel, SamplingPlan, synthetic_campaign
     from cgt_twin.models import Twin
     from cgt_twin.models.cho import CHOFedBatch
 
@@ -65,7 +69,19 @@ def cho_campaign(seed: int, n_batches: int = 7):
         protocols[f"B{i}"] = Protocol(1.0, (*events, Event(336.0, "harvest")), {"feed": feed}, max_volume=2.0)
     plan = SamplingPlan(every_h=24.0, variables=("vcd", "glucose", "lactate", "glutamine", "ammonia", "titer"))
     twin = Twin(CHOFedBatch())
-    return twin, synthetic_campaign(twin, protocols, sampling=plan, seed=seed, initial_states=states)
+    if not likelihood_noise:
+        return twin, synthetic_campaign(twin, protocols, sampling=plan, seed=seed, initial_states=states)
+    exact = synthetic_campaign(twin, protocols, sampling=plan, seed=seed, initial_states=states,
+                               noise=NoiseModel({v: (0.0, 0.0) for v in DEFAULT_NOISE}))
+    noise = {v: NoiseModel().of(v)[::-1] for v in plan.variables}  # (relative, absolute) -> (σ_abs, σ_rel)
+    rng = np.random.default_rng(seed)
+    data = exact.data.copy()
+    for v, (sigma_abs, sigma_rel) in noise.items():
+        values = exact.data[v].values
+        data[v] = exact.data[v].copy(data=values + np.sqrt(sigma_abs ** 2 + (sigma_rel * values) ** 2)
+                                     * rng.standard_normal(values.shape))
+    return twin.with_noise(noise), Campaign(data, exact.censored, exact.protocols, exact.media, exact.declared,
+                                            exact.notes, f"{exact.source}, likelihood noise")
 
 
 def _fit(twin, campaign, holdout):
@@ -115,7 +131,7 @@ def run(quick: bool = False, parts: tuple[str, ...] = PARTS, repeats: int | None
 
     warnings.simplefilter("ignore")
     chains, warmup, draws = (2, 100, 100) if quick else (4, 500, 500)
-    repeats = repeats if repeats is not None else (2 if quick else 10)
+    repeats = repeats if repeats is not None else (2 if quick else 5)
     records = []
     holdout = "B6"
     truth_twin, campaign = cho_campaign(seed=0)
@@ -190,11 +206,11 @@ def _subset(fit, campaign, config, train, holdout, chains, warmup, draws, n_chos
 
 def _repeats(truth_twin, config, train, holdout, chains, warmup, draws, repeats, forward, held="fit") -> list[dict]:
     """3b: the share of true parameters inside their 95 % credible intervals over repeated datasets (each a new
-    noise realisation of the same truth, fitted, then sampled). The parameters outside the sampled subset are held at
-    each dataset's fit (``held="fit"``, what a user gets) or at the truth (``held="truth"``: the exact conditional
-    posterior, which checks the likelihood and sampler alone)."""
+    noise realisation of the same truth, fitted, then sampled). ``held="fit"``: what a user gets — the default
+    synthetic noise, the parameters outside the sampled subset held at each dataset's fit, initial states from the
+    data. ``held="truth"``: the exact conditional posterior — data drawn with the likelihood's own noise model, and
+    noise, initial states and unsampled parameters at the truth — which checks the likelihood and the sampler alone."""
     from cgt_twin.bayes import NutsConfig, build_model, sample_nuts
-    from cgt_twin.data.synthetic import NoiseModel
 
     hits = n = 0
     truth = {k: float(v) for k, v in truth_twin.params.items()}
@@ -205,11 +221,10 @@ def _repeats(truth_twin, config, train, holdout, chains, warmup, draws, repeats,
         if held == "fit":
             model_r = build_model(_fit(truth_twin, data, (holdout,)).twin, data, config, batches=train,
                                   forward_mode=forward)
-        else:  # noise model, initial states and unsampled parameters at the truth: the exact conditional posterior
-            noise = {v: NoiseModel().of(v)[::-1] for v in data.variables}  # (relative, absolute) -> (σ_abs, σ_rel)
-            model_r = build_model(truth_twin.with_noise(noise), data, dataclasses.replace(config, noise="fixed"),
-                                  batches=train, forward_mode=forward,
-                                  initial_states={b: TRUE_INITIAL_STATES[b] for b in train})
+        else:  # data with the likelihood's noise; noise, initial states and unsampled parameters at the truth
+            noisy_twin, data = cho_campaign(seed=100 + r, likelihood_noise=True)
+            model_r = build_model(noisy_twin, data, dataclasses.replace(config, noise="fixed"), batches=train,
+                                  forward_mode=forward, initial_states={b: TRUE_INITIAL_STATES[b] for b in train})
         post = sample_nuts(model_r, NutsConfig(chains=chains, warmup=warmup, draws=draws, seed=r))
         worst_r_hat = max(worst_r_hat, post.diagnostics["r_hat_max"])
         inside, missed = [], []
@@ -260,7 +275,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="reduced chains, draws and repetitions")
     parser.add_argument("--json", help="write the figures to this JSON file")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {PARTS}")
-    parser.add_argument("--repeats", type=int, help="repeated datasets of part 'repeats' (default 10, quick 2)")
+    parser.add_argument("--repeats", type=int, help="repeated datasets of part 'repeats' (default 5, quick 2)")
     parser.add_argument("--repeat-sizes", help="chains,warmup,draws of each repeated dataset (default 2,200,200; quick 2,50,50)")
     parser.add_argument("--repeat-held", default="fit,truth",
                         help="where the unsampled parameters are held in the repeats: fit, truth or both (default)")
