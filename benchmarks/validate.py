@@ -448,7 +448,7 @@ def section_posterior(results, save, budget, quick):
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 posterior = sample(twin, training, config, NutsConfig(**settings), method=method,
-                                   standard_errors=standard_errors, forward_mode="auto")
+                                   standard_errors=standard_errors)  # in the faster mode (the default "auto")
             entry = {"seconds": time.perf_counter() - start, "warnings": sorted({str(w.message)[:200] for w in caught})[:5]}
             save_twin(twin, folder, overwrite=True, posterior=posterior)
             record.write_text(json.dumps(entry, indent=1, default=float), encoding="utf-8")
@@ -725,7 +725,7 @@ def posterior_text(results: dict) -> list[str]:
         lines += [f"Differentiation chosen by `forward_mode='auto'`: one gradient of the log density took "
                   f"{_fmt(ms.get('forward'), 3)} ms forward, {_fmt(ms.get('reverse'), 3)} ms reverse; sampled in "
                   f"{'forward' if first.get('forward_mode') else 'reverse'} mode.", ""]
-    lines += [ "| method | seconds | split R-hat (max) | bulk ESS (min) | tail ESS (min) | divergences | "
+    lines += ["| method | seconds | split R-hat (max) | bulk ESS (min) | tail ESS (min) | divergences | "
               "tree-depth saturation | E-BFMI (min) | warnings |", "|---|---|---|---|---|---|---|---|---|"]
     for m in methods:
         e, d = post[m], post[m]["diagnostics"]
