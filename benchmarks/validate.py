@@ -360,6 +360,7 @@ def section_scored(results, save, budget, quick):
 
 POSTERIOR_HELD_OUT = "13"  # the held-out UMN run of the posterior check (CL1; CL1 and CL2 both among the training runs)
 POSTERIOR_NUTS = {"chains": 2, "warmup": 150, "draws": 150, "max_tree_depth": 6}
+POSTERIOR_NOISE_FLOOR = 0.01  # σ_abs ≥ 1 % of each variable's typical magnitude (BayesConfig.noise_floor)
 POSTERIOR_QUICK_NUTS = {"chains": 1, "warmup": 5, "draws": 5, "max_tree_depth": 3}
 
 
@@ -416,8 +417,8 @@ def section_posterior(results, save, budget, quick):
     cache = _posterior_cache(quick)
     cache.mkdir(parents=True, exist_ok=True)
     fit_record = cache / "fit.json"
-    if fit_record.is_file():
-        fitted = json.loads(fit_record.read_text(encoding="utf-8"))
+    fitted = json.loads(fit_record.read_text(encoding="utf-8")) if fit_record.is_file() else {}
+    if "initial_states" in fitted:  # (a record without them is from before they were kept: fit again)
         twin, standard_errors = load_twin(cache / "fit_twin"), fitted["standard_errors"]
         _say(f"fit reused from {cache} ({fitted['seconds']:.0f} s when computed)")
     else:
@@ -427,15 +428,18 @@ def section_posterior(results, save, budget, quick):
                               FitConfig(initial_states=("vcd",), n_starts=budget.n_starts, max_steps=budget.lm_steps,
                                         rounds=budget.rounds))
         fitted = {"status": fit.status, "seconds": time.perf_counter() - start,
-                  "standard_errors": dict(fit.standard_errors)}
+                  "standard_errors": dict(fit.standard_errors), "initial_states": fit.initial_states}
         twin, standard_errors = fit.twin, fitted["standard_errors"]
         save_twin(twin, cache / "fit_twin", overwrite=True)
         fit_record.write_text(json.dumps(fitted, indent=1, default=float), encoding="utf-8")
         _say(f"fit {fit.status} in {fitted['seconds']:.0f} s")
-    config = BayesConfig(hierarchical=("mu_max",), group="cell_line", variables=UMN_VARIABLES)
+    # noise_floor: the fit's σ_abs of lactate (0.019 mM) and VCD sit at the fit's own floor; a proposal whose lactate
+    # runs out against 12 mM measured then costs 2e5 in the potential (docs/bayesian.md)
+    config = BayesConfig(hierarchical=("mu_max",), group="cell_line", variables=UMN_VARIABLES,
+                         noise_floor=POSTERIOR_NOISE_FLOOR)
     settings = POSTERIOR_QUICK_NUTS if quick else POSTERIOR_NUTS
     out = {"held_out": POSTERIOR_HELD_OUT, "train": train, "fit_status": fitted["status"],
-           "fit_seconds": fitted["seconds"], "nuts_settings": settings}
+           "fit_seconds": fitted["seconds"], "nuts_settings": settings, "noise_floor": POSTERIOR_NOISE_FLOOR}
     images = ROOT / "docs" / "images"
     for method in ("nuts", "laplace"):
         record, folder = cache / f"{method}.json", cache / f"{method}_twin"
@@ -448,7 +452,8 @@ def section_posterior(results, save, budget, quick):
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 posterior = sample(twin, training, config, NutsConfig(**settings), method=method,
-                                   standard_errors=standard_errors)  # in the faster mode (the default "auto")
+                                   standard_errors=standard_errors,  # in the faster mode (the default "auto")
+                                   initial_states=fitted["initial_states"])  # the fitted ones the values go with
             entry = {"seconds": time.perf_counter() - start, "warnings": sorted({str(w.message)[:200] for w in caught})[:5]}
             save_twin(twin, folder, overwrite=True, posterior=posterior)
             record.write_text(json.dumps(entry, indent=1, default=float), encoding="utf-8")
@@ -710,9 +715,12 @@ def posterior_text(results: dict) -> list[str]:
              "posterior with the growth rate varying between batches and by cell line (non-centred effects, "
              "`BayesConfig(hierarchical=('mu_max',), group='cell_line')`), the other sampled parameters chosen as "
              "the identifiable subset from the fit's Fisher information, the rest held at the fit; likelihood on "
-             "the six scored variables, noise scale sampled. NUTS: "
-             f"{nuts['chains']} chains × ({nuts['warmup']} warm-up + {nuts['draws']} draws), dense mass matrix "
-             f"started from the Laplace covariance, maximum tree depth {nuts.get('max_tree_depth', 10)}. The held-out run is of a known cell line (CL1), so its bands "
+             "the six scored variables, noise scale sampled, each variable's σ_abs at least "
+             f"{_fmt(100 * post.get('noise_floor', 0), 2)} % of its typical magnitude (`noise_floor`), the fitted "
+             "initial VCD of each run held. NUTS: "
+             f"{nuts['chains']} chains × ({nuts['warmup']} warm-up + {nuts['draws']} draws) started at and around "
+             "the posterior mode, dense mass matrix started from the Laplace covariance there, maximum tree depth "
+             f"{nuts.get('max_tree_depth', 10)}. The held-out run is of a known cell line (CL1), so its bands "
              "carry a new batch effect within that line. Band: 90 % posterior predictive of a new measurement.", ""]
     methods = [m for m in ("nuts", "laplace") if m in post]
     if not methods:

@@ -89,3 +89,31 @@ def test_config_file_errors(tmp_path):
     assert read_bayes_config(path).forward_mode is False
     path.write_text('method = "nuts"\n')  # not given: time both modes, use the faster
     assert read_bayes_config(path).forward_mode == "auto"
+
+
+def test_noise_floor_bounds_sigma_abs_and_is_checked(campaign):
+    """`noise_floor` raises each σ_abs to a fraction of the variable's typical magnitude (the 95th percentile of its
+    measured values), leaves σ_rel and larger σ_abs alone, and the likelihood uses the floored value; a floor outside
+    [0, 1) is rejected before sampling."""
+    import jax
+    import numpy as np
+
+    from cgt_twin.bayes import potential
+
+    twin = Twin(GrowthDeath(), {}, NOISE)
+    plain = build_model(twin, campaign, BayesConfig(parameters=("mu_max",), noise="fixed"))
+    floored = build_model(twin, campaign, BayesConfig(parameters=("mu_max",), noise="fixed", noise_floor=0.02))
+    assert plain.base_noise["vcd"] == NOISE["vcd"]
+    i = floored.variables.index("vcd")
+    values = np.asarray(floored.observations.values)[i][np.asarray(floored.observations.mask)[i]]
+    expected = 0.02 * np.percentile(np.abs(values), 95)
+    assert floored.base_noise["vcd"] == pytest.approx((expected, NOISE["vcd"][1]))
+    loose = build_model(Twin(GrowthDeath(), {}, {"vcd": (10 * expected, 0.1), "dead_cells": (1e-6, 0.1)}), campaign,
+                        BayesConfig(parameters=("mu_max",), noise="fixed", noise_floor=0.02))
+    assert loose.base_noise["vcd"][0] == pytest.approx(10 * expected)
+    x0, plain_fn, _, _ = potential(plain)
+    _, floored_fn, _, _ = potential(floored)
+    assert float(jax.jit(floored_fn)(x0)) != pytest.approx(float(jax.jit(plain_fn)(x0)), rel=1e-6)
+    for bad in (-0.1, 1.0, math.nan):
+        with pytest.raises(CampaignValidationError, match="noise_floor"):
+            build_model(twin, campaign, BayesConfig(parameters=("mu_max",), noise_floor=bad))
