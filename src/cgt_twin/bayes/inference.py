@@ -52,7 +52,7 @@ class NutsConfig:
             scales, spreads, effects) start at their priors' centres, and the Hessian at a point that is not a mode
             is indefinite: floored, it gives a mass matrix with directions far too wide, whose warm-up proposals
             land where the solver runs to its step limit (measured on the UMN posterior: 0.3 Laplace sd of jitter
-            from the fit raised the potential from 3.7e3 to 1e6, and a gradient there took up to 0.9 s against
+            from the fit raised the potential from 3.7e3 to 4.5e4-7e6, and a gradient there took up to 0.9 s against
             67 ms at the fit).
         progress: show numpyro's progress bar (iterations, step size, leapfrog steps) while sampling; also off when
             the environment variable ``CGT_TWIN_NO_PROGRESS`` is set. Not shown with `independent_batches`.
