@@ -7,7 +7,7 @@ import math
 import pytest
 from test_bayes_toy import NOISE, GrowthDeath, growth_campaign
 
-from cgt_twin.bayes import BayesConfig, Prior, build_model
+from cgt_twin.bayes import BayesConfig, NutsConfig, Prior, build_model
 from cgt_twin.bayes.config import read_bayes_config
 from cgt_twin.data.errors import CampaignValidationError
 from cgt_twin.models import Twin
@@ -79,9 +79,18 @@ def test_config_file_errors(tmp_path):
     text = _messages(exc)
     assert "chains must be an integer" in text and "independent_batches must be true or false" in text
     assert "target_accept must be a number" in text
-    path.write_text('[sampler]\nindependent_batches = true\ntarget_accept = 1\n')
+    path.write_text('[sampler]\nindependent_batches = true\ntarget_accept = 0.95\nmode_steps = 0\n')
     sampler = read_bayes_config(path).sampler
-    assert sampler.independent_batches is True and sampler.target_accept == 1
+    assert sampler.independent_batches is True and sampler.target_accept == 0.95 and sampler.mode_steps == 0
+    path.write_text('[sampler]\nchains = 0\ntarget_accept = 1\nmode_steps = -1\nchain_method = "parallel"\n')
+    with pytest.raises(CampaignValidationError) as exc:
+        read_bayes_config(path)
+    text = _messages(exc)
+    assert str(path) in str(exc.value) and "[sampler]: chains must be an integer >= 1, got 0" in text
+    assert "target_accept must be in (0, 1), got 1" in text and "mode_steps must be an integer >= 0" in text
+    assert "chain_method must be 'vectorized' or 'sequential'" in text
+    with pytest.raises(CampaignValidationError, match="init_jitter must be a finite number"):
+        NutsConfig(init_jitter=math.inf)
     path.write_text('forward_mode = "fast"\n')
     with pytest.raises(CampaignValidationError, match="forward_mode must be true, false or"):
         read_bayes_config(path)

@@ -16,6 +16,7 @@ sigma = 0.3
 chains = 4
 warmup = 500
 draws = 500
+mode_steps = 30            # Newton steps to the posterior mode, where the chains start (0: at the twin's values)
 independent_batches = false  # true: each batch of an unpooled, fixed-noise model sampled on its own
 ```
 """
@@ -100,7 +101,12 @@ def read_bayes_config(path: str | os.PathLike | None, *, seed: int | None = None
         mode = raw.get("forward_mode", "auto")
         if mode not in (True, False, "auto"):
             raise CampaignValidationError(Problem(str(path), f"forward_mode must be true, false or \"auto\", got {mode!r}"))
-        settings = SampleSettings(bayes, NutsConfig(**sampler), str(raw.get("method", "nuts")), mode)
+        try:
+            nuts = NutsConfig(**sampler)
+        except CampaignValidationError as exc:
+            raise CampaignValidationError([Problem(str(path), f"[sampler]: {p.message}", column=p.column)
+                                           for p in exc.problems], header="invalid bayes config") from None
+        settings = SampleSettings(bayes, nuts, str(raw.get("method", "nuts")), mode)
     if settings.method not in ("nuts", "laplace"):
         raise CampaignValidationError(Problem("method", f"must be 'nuts' or 'laplace', got {settings.method!r}"))
     if seed is not None:

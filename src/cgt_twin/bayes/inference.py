@@ -41,7 +41,7 @@ class NutsConfig:
         chains, warmup, draws: number of chains, warm-up iterations and kept draws per chain.
         chain_method: ``"vectorized"`` (all chains in one vmapped kernel: one compilation; measured fastest on a
             2-core CPU) or ``"sequential"``.
-        dense_mass: adapt a dense mass matrix (started from the Laplace covariance at the twin's values).
+        dense_mass: adapt a dense mass matrix (started from the Laplace covariance at the starting point).
         target_accept: target acceptance probability of step-size adaptation.
         max_tree_depth: maximum tree depth (2^depth − 1 leapfrog steps).
         init_jitter: spread of the chains' starting points, in Laplace standard deviations.
@@ -51,11 +51,11 @@ class NutsConfig:
             inverse Hessian there. The twin's values are a fit's, but the posterior's other quantities (noise
             scales, spreads, effects) start at their priors' centres, and the Hessian at a point that is not a mode
             is indefinite: floored, it gives a mass matrix with directions far too wide, whose warm-up proposals
-            land where the solver runs to its step limit (measured on the UMN posterior: 0.3 Laplace sd of jitter
-            from the fit raised the potential from 3.7e3 to 4.5e4-7e6, and a gradient there took up to 0.9 s against
+            land where the solver runs to its step limit (measured on the UMN posterior held at the data's initial VCD
+            instead of the fit's: 0.3 Laplace sd of jitter from the fit raised the potential from 3.7e3 to 4.5e4-7e6, and a gradient there took up to 0.9 s against
             67 ms at the fit).
-        progress: show numpyro's progress bar (iterations, step size, leapfrog steps) while sampling; also off when
-            the environment variable ``CGT_TWIN_NO_PROGRESS`` is set. Not shown with `independent_batches`.
+        progress: show numpyro's progress bar (iterations; with one chain also the step size and leapfrog steps)
+            while sampling; off when the environment variable ``CGT_TWIN_NO_PROGRESS`` is set. Not shown with `independent_batches`.
         independent_batches: unpooled models with fixed noise only (``BayesConfig(pooling="none",
             noise="fixed")``): sample each batch's posterior on its own — its own `chains`, started at and around
             its posterior mode, its own step size and mass matrix (from its Laplace covariance there) adapted in its
@@ -78,6 +78,25 @@ class NutsConfig:
     mode_steps: int = 30
     progress: bool = True
     independent_batches: bool = False
+
+    def __post_init__(self):
+        bad = []
+        for name, least in (("chains", 1), ("warmup", 0), ("draws", 1), ("max_tree_depth", 1), ("mode_steps", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                bad.append(Problem("sampler", f"{name} must be an integer >= {least}, got {value!r}", column=name))
+        if self.chain_method not in ("vectorized", "sequential"):
+            bad.append(Problem("sampler", f"chain_method must be 'vectorized' or 'sequential', got "
+                                          f"{self.chain_method!r}", column="chain_method"))
+        if not (isinstance(self.target_accept, (int, float)) and 0 < self.target_accept < 1):
+            bad.append(Problem("sampler", f"target_accept must be in (0, 1), got {self.target_accept!r}",
+                               column="target_accept"))
+        if not (isinstance(self.init_jitter, (int, float)) and math.isfinite(self.init_jitter)
+                and self.init_jitter >= 0):
+            bad.append(Problem("sampler", f"init_jitter must be a finite number >= 0, got {self.init_jitter!r}",
+                               column="init_jitter"))
+        if bad:
+            raise CampaignValidationError(bad, header="invalid NUTS settings")
 
 
 def potential(twin_model: TwinModel, seed: int = 0):
