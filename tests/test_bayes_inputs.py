@@ -123,6 +123,6 @@ def test_noise_floor_bounds_sigma_abs_and_is_checked(campaign):
     x0, plain_fn, _, _ = potential(plain)
     _, floored_fn, _, _ = potential(floored)
     assert float(jax.jit(floored_fn)(x0)) != pytest.approx(float(jax.jit(plain_fn)(x0)), rel=1e-6)
-    for bad in (-0.1, 1.0, math.nan):
+    for bad in (-0.1, 1.0, math.nan, "0.01"):
         with pytest.raises(CampaignValidationError, match="noise_floor"):
             build_model(twin, campaign, BayesConfig(parameters=("mu_max",), noise_floor=bad))

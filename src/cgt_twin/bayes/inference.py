@@ -51,11 +51,12 @@ class NutsConfig:
             inverse Hessian there. The twin's values are a fit's, but the posterior's other quantities (noise
             scales, spreads, effects) start at their priors' centres, and the Hessian at a point that is not a mode
             is indefinite: floored, it gives a mass matrix with directions far too wide, whose warm-up proposals
-            land where the solver runs to its step limit (measured on the UMN posterior held at the data's initial VCD
-            instead of the fit's: 0.3 Laplace sd of jitter from the fit raised the potential from 3.7e3 to 4.5e4-7e6, and a gradient there took up to 0.9 s against
-            67 ms at the fit).
+            land where the solver runs to its step limit (measured on the UMN posterior held at the data's initial
+            VCD instead of the fit's: 0.3 Laplace sd of jitter from the fit raised the potential from 3.7e3 to
+            4.5e4-7e6, and a gradient there took up to 0.9 s against 67 ms at the fit).
         progress: show numpyro's progress bar (iterations; with one chain also the step size and leapfrog steps)
-            while sampling; off when the environment variable ``CGT_TWIN_NO_PROGRESS`` is set. Not shown with `independent_batches`.
+            while sampling; off when the environment variable ``CGT_TWIN_NO_PROGRESS`` is set. Not shown with
+            `independent_batches`.
         independent_batches: unpooled models with fixed noise only (``BayesConfig(pooling="none",
             noise="fixed")``): sample each batch's posterior on its own — its own `chains`, started at and around
             its posterior mode, its own step size and mass matrix (from its Laplace covariance there) adapted in its

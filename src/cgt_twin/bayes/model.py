@@ -228,7 +228,8 @@ def _check(twin: Twin, campaign: Campaign, config: BayesConfig, parameters: Sequ
                          ("initial_sigma", config.initial_sigma)):
         if not (math.isfinite(value) and value > 0):
             problems.append(Problem(label, f"{label}: improper prior, must be finite and > 0, got {value!r}"))
-    if not (math.isfinite(config.noise_floor) and 0 <= config.noise_floor < 1):
+    if not (isinstance(config.noise_floor, (int, float)) and math.isfinite(config.noise_floor)
+            and 0 <= config.noise_floor < 1):
         problems.append(Problem("noise_floor", f"must be a fraction in [0, 1), got {config.noise_floor!r}"))
     if config.pooling not in ("partial", "none"):
         problems.append(Problem("pooling", f"must be 'partial' or 'none', got {config.pooling!r}"))
