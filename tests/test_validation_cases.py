@@ -422,6 +422,22 @@ def test_every_defect_is_reported_not_only_the_first(folder: Path) -> None:
         assert line_names(output, expected), f"not printed: {expected}"
 
 
+def test_events_of_a_batch_with_an_invalid_volume_are_still_checked(folder: Path) -> None:
+    """Found by hypothesis: a zero initial volume used to hide the same batch's event problems."""
+    b = read(folder, "batches.csv")
+    i = first_index(b, batch="EX1")
+    b.loc[i, "initial_volume"] = "0"
+    write(b, folder, "batches.csv")
+    planted = [Expected("batches.csv", row_of(i), "EX1", "initial_volume", ("initial_volume must be > 0",)),
+               event_after_harvest(folder)]
+    problems = problems_of(folder)
+    for expected in planted:
+        assert len(matching(problems, expected)) == 1, f"not reported once: {expected}\n" + \
+            "\n".join(map(str, problems))
+    # volume bookkeeping from a volume of 0 would only report consequences of the one defect
+    assert not [p for p in problems if "volume becomes negative" in p.message], problems
+
+
 def test_every_unreadable_file_is_reported(folder: Path) -> None:
     (folder / "measurements.csv").unlink()
     (folder / "events.csv").write_bytes(b"\x00\x01garbage" * 40)

@@ -511,8 +511,7 @@ def campaign_from_tables(tables: CampaignTables) -> Campaign:
         check.add("measurements", "the campaign is empty: no measurements")
     protocols: dict[str, Protocol] = {}
     for batch, info in batches.items():
-        if not (math.isfinite(info["initial_volume"]) and info["initial_volume"] > 0):
-            continue  # already reported against batches.csv
+        volume_valid = math.isfinite(info["initial_volume"]) and info["initial_volume"] > 0
         ordered = sorted(events[batch], key=lambda item: item[1].sort_key)  # the order Protocol keeps
         max_volume = info["max_volume"] if math.isfinite(info["max_volume"]) else None
         protocol, problems = Protocol.checked(
@@ -521,6 +520,8 @@ def campaign_from_tables(tables: CampaignTables) -> Campaign:
             events=tuple(e for _, e in ordered), media=media, max_volume=max_volume,
             initial_medium=info["initial_medium"] if info["initial_medium"] in media else None,
             feeds_known=info["feeds_known"], declared=declared)
+        if not volume_valid:  # the volume itself is already reported against batches.csv; its events are checked
+            problems = [p for p in problems if not (p.column == "initial_volume" and p.row == info["row"])]
         if protocol is None:
             check.problems.extend(problems)
         else:

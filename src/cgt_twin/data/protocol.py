@@ -275,7 +275,8 @@ class Protocol:
                 row = event_rows[event] if event_rows is not None else None
                 problems.append(Problem(file=file, message=message, batch=batch, column=column, row=row))
 
-        if not (math.isfinite(self.initial_volume) and self.initial_volume > 0):
+        volume_valid = math.isfinite(self.initial_volume) and self.initial_volume > 0
+        if not volume_valid:
             add(f"initial volume must be a positive finite number of L, got {self.initial_volume!r}",
                 "initial_volume")
         if self.max_volume is not None:
@@ -333,7 +334,8 @@ class Protocol:
             if event.kind is EventKind.EXCHANGE and event.unit == "1" and math.isfinite(event.amount) \
                     and event.amount > 1:
                 event_problem(f"{label}: an exchanged fraction must be within 0..1, got {event.amount:g}", "amount")
-        for position, (time, before, after) in enumerate(self.volume_profile()):
+        # volume bookkeeping starts from the initial volume: without a valid one it would only report consequences
+        for position, (time, before, after) in enumerate(self.volume_profile() if volume_valid else ()):
             event = position - 1 if position > 0 else None
             if event is not None:
                 current = self.events[event]
