@@ -84,3 +84,4 @@ def test_runner_quick_on_bench_simulate(tmp_path):
     assert text.startswith(head)  # the hand-written text is kept
     assert text.count("<!-- benchmarks:begin -->") == 1 and "Quick mode" in text
     assert "| scipy solve_ivp LSODA / ours (time per solve) |" in text
+    assert "Not in this run (`--only`): " in text and "`bench_bayes.py`" in text  # a partial run says so
