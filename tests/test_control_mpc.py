@@ -217,3 +217,52 @@ def test_restoration_leaves_the_flat_penalty_of_a_depleted_plan(twin, monkeypatc
         assert met >= 14 / draws and np.all(plan.prediction["glucose"][1] >= 2.0 * 0.99), plan
     else:
         assert met == 0.0 and sum(plan.volumes_l) < 0.02, plan
+
+
+def test_spread_inflation_widens_the_chance_constraints(twin, monkeypatch):
+    """Widening the draws around their mean (model error the posterior misses) makes the plan feed more and meet the
+    constraint on the widened draws more often than the plan for the draws as they are; the factor comes from the predictor's innovations in `step`, is
+    reported on the plan, and bad factors are rejected."""
+    import cgt_twin.control.mpc as mpc
+
+    observed = np.random.default_rng(0).normal(5.0, 1.0, (8, 3, 2))
+    ok = np.asarray([True] * 7 + [False])
+    widened = mpc._widened(observed, ok, np.asarray([2.0, 1.0]))
+    mean = observed[ok].mean(axis=0)
+    np.testing.assert_allclose(widened[:, :, 0], mean[None, :, 0] + 2.0 * (observed[:, :, 0] - mean[None, :, 0]))
+    np.testing.assert_allclose(widened[:, :, 1], observed[:, :, 1])
+
+    predictor = Predictor(twin, settings=PredictorSettings(n_particles=64, initial_spread=0.25))
+    predictor.start(_protocol(), INITIAL)
+    y, params = FeedingController(twin, _config(n_draws=32))._draws(predictor, 32)
+    plans = {}
+    for factor in (1.0, 4.0):
+        controller = FeedingController(twin, _config(n_draws=32, probability=0.9))
+        plans[factor] = controller.plan(0.0, y, params, _protocol(), spread_inflation={"glucose": factor})
+        while plans[factor].status != "converged" and plans[factor].evaluations:
+            plans[factor] = controller.plan(0.0, y, params, _protocol(), spread_inflation={"glucose": factor})
+    assert plans[4.0].spread_inflation == {"glucose": 4.0} and plans[1.0].spread_inflation == {"glucose": 1.0}
+    assert sum(plans[4.0].volumes_l) > sum(plans[1.0].volumes_l) + 1e-3
+    check = FeedingController(twin, _config(n_draws=32, probability=0.9, max_evaluations=1))
+    plain_under_widened = check._finish(check._setup(0.0, y, params, _protocol(), None, {"glucose": 4.0}),
+                                        np.asarray(plans[1.0].volumes_l), "evaluated", 0)
+    assert plans[4.0].constraint_probability["glucose >= 2"] > \
+        plain_under_widened.constraint_probability["glucose >= 2"]
+    assert "widened" in str(plans[4.0]) and "widened" not in str(plans[1.0])
+
+    monkeypatch.setattr(Predictor, "spread_inflation", lambda self, variable, last=5: 3.0)
+    plan = FeedingController(twin, _config(n_draws=32, max_evaluations=1)).step(predictor)
+    assert plan.spread_inflation == {"glucose": 3.0}
+    nominal = FeedingController(twin, _config(n_draws=1, max_evaluations=1)).step(predictor)
+    assert nominal.spread_inflation == {"glucose": 1.0}  # one draw has no spread to widen
+    fixed = FeedingController(twin, _config(n_draws=32, max_evaluations=1, spread_inflation=2.0))
+    assert fixed.plan(0.0, y, params, _protocol()).spread_inflation == {"glucose": 2.0}
+
+    for bad in ("wild", 0.5, float("nan")):
+        with pytest.raises(CampaignValidationError, match="spread_inflation"):
+            _config(spread_inflation=bad).check()
+    with pytest.raises(CampaignValidationError, match="inflation_window"):
+        _config(inflation_window=1).check()
+    with pytest.raises(CampaignValidationError, match="constrained variables"):
+        FeedingController(twin, _config(n_draws=32)).plan(0.0, y, params, _protocol(),
+                                                          spread_inflation={"lactate": 2.0})

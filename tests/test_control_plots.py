@@ -222,6 +222,8 @@ def test_plan_html_fallback_is_red_and_text_is_escaped():
     assert "&lt;feed &amp; more&gt;" in markup and "<feed" not in markup
     assert "ValueError: &lt;bad&gt;" in markup and "color:#b00020" in markup
     assert "no decision left" in text and "25 %" in text and "objective —" in text
+    widened = _parse(plan_html(_hand_made_plan(spread_inflation={"glucose": 4.0})))
+    assert "draws' spread" in widened and "×2" in widened  # λ = 4: the draws' spread doubled
 
 
 def test_predictor_html_before_and_after_start(twin, predictor):

@@ -246,6 +246,8 @@ def test_save_and_restore_lose_nothing(twin, truth, tmp_path):
     np.testing.assert_allclose(restored.particles()[0], predictor.particles()[0], rtol=1e-12)
     xr_a, xr_b = predictor.forecast(24.0), restored.forecast(24.0)
     np.testing.assert_allclose(xr_a["vcd"].values, xr_b["vcd"].values, rtol=1e-12)
+    assert len(predictor.innovations()) == 4 * 3  # 24, 30 (late), 48 and 72 h; three variables each
+    pd.testing.assert_frame_equal(restored.innovations(), predictor.innovations())
     # tampering, another twin, another particle count: clear errors
     document = json.loads((tmp_path / "state" / "predictor.json").read_text())
     document["start_h"] = 5.0
@@ -297,3 +299,42 @@ def test_a_hybrid_that_sees_batch_covariates_gets_the_batch_s_own(twin):
         predictor.start(_protocol(), INITIAL, covariates={"clone": clone})
         forecasts[clone] = predictor.forecast(horizon_h=48.0)["vcd"].sel(statistic="mean").values
     assert abs(forecasts["A"][-1] - forecasts["B"][-1]) > 1e-3 * forecasts["A"][-1]
+
+
+def test_innovations_are_the_one_step_predictions_and_reveal_a_biased_twin(twin):
+    """Each innovation's prediction is the forecast made just before the measurement (an independent path:
+    `forecast` interpolates inside the solve, `update` solves to the measurement time), the standardized
+    innovation follows from its parts, and the spread inflation stays 1 for measurements the twin explains but
+    rises above 1 when glucose is consumed faster than any particle predicts (model error)."""
+    protocol = _protocol()
+    times = [24.0, 48.0, 72.0, 96.0, 120.0]
+    honest = _measure(twin, protocol, times, ("vcd", "glucose"))
+    for biased in (False, True):
+        predictor = _predictor(twin)
+        predictor.start(protocol, INITIAL)
+        forecasts = []
+        for t in times:
+            rows = [r for r in honest if r[0] == t]
+            if biased:  # the plant eats glucose 25 % faster than the twin: lower and lower glucose
+                rows = [(t, v, x * (1 - 0.25 * t / 120) if v == "glucose" else x) for t_, v, x in rows]
+            ahead = t - predictor.time_h
+            forecasts.append(float(predictor.forecast(horizon_h=ahead, step_h=ahead)["glucose"]
+                                   .sel(statistic="mean").values[-1]))
+            predictor.update(rows)
+        table = predictor.innovations()
+        glucose = table[table["variable"] == "glucose"]
+        assert list(glucose["time_h"]) == times and list(glucose["interval_h"]) == [24.0] * 5
+        np.testing.assert_allclose(glucose["predicted_mean"], forecasts, rtol=1e-3)
+        noise_sd = np.sqrt(0.1 ** 2 + (0.03 * glucose["predicted_mean"]) ** 2)
+        np.testing.assert_allclose(glucose["noise_sd"], noise_sd, rtol=1e-12)
+        expected = (glucose["value"] - glucose["predicted_mean"]) / np.sqrt(glucose["predicted_sd"] ** 2 + noise_sd ** 2)
+        np.testing.assert_allclose(glucose["standardized"], expected, rtol=1e-12)
+        inflation = predictor.spread_inflation("glucose")
+        if biased:
+            assert np.all(glucose["standardized"].to_numpy()[2:] < -2) and inflation > 1.8, inflation
+        else:
+            assert np.all(np.abs(glucose["standardized"]) < 2) and inflation < 1.2, inflation
+    with pytest.raises(CampaignValidationError, match="unknown variable"):
+        predictor.spread_inflation("happiness")
+    with pytest.raises(CampaignValidationError, match="last"):
+        predictor.spread_inflation("glucose", last=1)

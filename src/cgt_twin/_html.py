@@ -284,7 +284,8 @@ _STATUS_COLOUR = {"converged": "green", "improving": "darkorange"}
 def plan_html(plan) -> str:
     """Summary of a `cgt_twin.control.mpc.Plan`: when it was made, its status (a fallback in bold red, with its
     reason), the objective, the optimiser's evaluations and wall time, the planned boluses (time, volume in mL) and
-    the fraction of draws meeting each constraint at every check time."""
+    the fraction of draws meeting each constraint at every check time, with the widening of the draws' spread for
+    model error (`MPCConfig.spread_inflation`)."""
     status = str(plan.status)
     if plan.is_fallback:
         shown = f'<span style="{_FAILED}">{_esc(status)}</span>'
@@ -304,10 +305,14 @@ def plan_html(plan) -> str:
     if rows:
         parts.append(_details(f"boluses ({len(rows)} decisions)",
                               table_html(["time [h]", "time [d]", "volume [mL]"], rows), open_=len(rows) <= 12))
-    chances = [[name, f"{100 * float(p):.0f} %"] for name, p in plan.constraint_probability.items()]
+    inflation = dict(getattr(plan, "spread_inflation", {}) or {})
+    chances = [[name, f"{100 * float(p):.0f} %",
+                f"×{float(inflation.get(name.split()[0], 1.0)) ** 0.5:.2g}" if name.split()[0] in inflation else "—"]
+               for name, p in plan.constraint_probability.items()]
     if chances:
-        parts.append(_details("constraints: fraction of draws meeting each at every check time",
-                              table_html(["constraint", "met in"], chances), open_=True))
+        parts.append(_details("constraints: fraction of draws meeting each at every check time (draws widened by "
+                              "the model error seen in the innovations)",
+                              table_html(["constraint", "met in", "draws' spread"], chances), open_=True))
     else:
         parts.append("no constraints")
     return "<div>" + "".join(f"<div>{p}</div>" for p in parts) + "</div>"

@@ -92,7 +92,10 @@ def assimilate(kinetics: AbstractKinetics, settings: SolverSettings, params, log
 
     Returns:
         ``(params, log_params, y, log_weights, inputs, info)`` with info = effective sample size before resampling,
-        resampled flag, failed particles, and the log of the measurements' marginal likelihood.
+        resampled flag, failed particles, the log of the measurements' marginal likelihood, and the one-step-ahead
+        prediction of every observed variable at the measurement time, before the measurements are weighed in
+        (``predicted_mean``, ``predicted_var``: (variable,), weighted over the particles that solved): what the
+        innovations (measurement − prediction) are measured against.
     """
     ends, inputs_end, status = propagate(kinetics, settings, params, y, inputs, table)
     y_now = ends[:, jnp.maximum(jnp.sum(table.valid.astype(jnp.int32)) - 1, 0)]  # the end of the last real row
@@ -104,6 +107,9 @@ def assimilate(kinetics: AbstractKinetics, settings: SolverSettings, params, log
     log_lik = jnp.sum(jnp.where(measured, log_lik, 0.0), axis=1)
     log_weights = jnp.where(failed | ~jnp.isfinite(log_lik), -jnp.inf, log_weights + log_lik)
     prior_w, _ = _normalise(log_weights - log_lik)  # weights before this measurement, for the evidence
+    predicted = jnp.where(failed[:, None], 0.0, observed)
+    predicted_mean = prior_w @ predicted
+    predicted_var = prior_w @ (predicted - predicted_mean) ** 2
     evidence = jnp.log(jnp.sum(prior_w * jnp.exp(jnp.clip(log_lik, -700, 700))) + 1e-300)
     weights, alive = _normalise(log_weights)
     ess = 1.0 / jnp.sum(weights ** 2)
@@ -127,7 +133,8 @@ def assimilate(kinetics: AbstractKinetics, settings: SolverSettings, params, log
     new_params = {name: (jnp.exp(new_log_params[name]) if name in new_log_params else
                          jnp.where(do_resample, value[index], value)) for name, value in params.items()}
     log_weights = jnp.where(do_resample, jnp.zeros(n), jnp.log(jnp.maximum(weights, 1e-300)))
-    info = {"ess": ess, "resampled": do_resample, "failed": jnp.sum(failed), "log_evidence": evidence}
+    info = {"ess": ess, "resampled": do_resample, "failed": jnp.sum(failed), "log_evidence": evidence,
+            "predicted_mean": predicted_mean, "predicted_var": predicted_var}
     return new_params, new_log_params, y_new, log_weights, inputs_end, info
 
 

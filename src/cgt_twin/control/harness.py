@@ -113,6 +113,7 @@ class LoopResult:
         fallbacks: controller calls that returned a fallback plan; `call_seconds` their median wall time.
         boluses_l: the bolus given at each decision time, L.
         trajectory: true hourly values (time_h and every state).
+        innovations: the predictor's one-step-ahead errors (`Predictor.innovations`; empty without a predictor).
     """
 
     strategy: str
@@ -126,6 +127,7 @@ class LoopResult:
     call_seconds: float
     boluses_l: tuple[float, ...]
     trajectory: pd.DataFrame
+    innovations: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
 
 
 def _advance(kinetics, params, y, inputs, protocol: Protocol, start: float, end: float):
@@ -256,7 +258,8 @@ def run_closed_loop(plant: Plant, scenario: Scenario, twin: Twin, posterior=None
     return LoopResult(strategy, plant_seed, float(final["titer"]),
                       float(final["titer"] * final["volume"]), float(sum(boluses)), int(np.sum(violated & hourly)),
                       float(trajectory["glucose"].min()), int(fallbacks),
-                      float(np.median(call_seconds)) if call_seconds else 0.0, tuple(boluses), trajectory)
+                      float(np.median(call_seconds)) if call_seconds else 0.0, tuple(boluses), trajectory,
+                      predictor.innovations() if predictor is not None else pd.DataFrame())
 
 
 def compare_strategies(plant: Plant, scenario: Scenario, twin: Twin, posterior=None, *,

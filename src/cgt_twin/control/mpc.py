@@ -88,6 +88,12 @@ class MPCConfig:
         probability: the chance constraints hold in at least this fraction of draws.
         n_draws: draws (particles of the predictor) the plan is optimised over; 1 = nominal MPC (the mean state and
             the twin's point parameters).
+        spread_inflation: how the chance constraints account for model error the posterior does not know about:
+            ``"innovations"`` (default) widens each constrained variable's draws around their mean by √λ, with λ the
+            predictor's `Predictor.spread_inflation` estimated from its latest one-step-ahead errors (1 while the
+            twin predicts within its own spread); a number ≥ 1 fixes λ for every constrained variable (1 = the draws
+            as they are). Nominal MPC (one draw) has no spread to widen.
+        inflation_window: the number of latest innovations λ is estimated from (``"innovations"``).
         check_every_h: spacing of extra constraint checks, h. None (default) checks before every decision and at the
             end only: between boluses glucose falls and lactate and ammonia rise monotonically in a fed-batch, so those
             are the extremes, and every extra check is a solver segment (a cost in every evaluation).
@@ -119,6 +125,8 @@ class MPCConfig:
     ammonia_max: float | None = None
     probability: float = 0.95
     n_draws: int = 64
+    spread_inflation: str | float = "innovations"
+    inflation_window: int = 5
     check_every_h: float | None = None
     penalty: float = 100.0
     max_evaluations: int = 6
@@ -147,6 +155,16 @@ class MPCConfig:
             problems.append("n_draws and max_evaluations must be >= 1 and time_budget_s > 0")
         if not self.decision_every_h > 0 or (self.check_every_h is not None and not self.check_every_h > 0):
             problems.append("decision_every_h and check_every_h must be positive")
+        if isinstance(self.spread_inflation, str):
+            if self.spread_inflation != "innovations":
+                problems.append(f"spread_inflation must be 'innovations' or a number >= 1, got "
+                                f"{self.spread_inflation!r}")
+        elif not (isinstance(self.spread_inflation, int | float) and math.isfinite(self.spread_inflation)
+                  and self.spread_inflation >= 1):
+            problems.append(f"spread_inflation must be 'innovations' or a finite number >= 1, got "
+                            f"{self.spread_inflation!r}")
+        if not (isinstance(self.inflation_window, int) and self.inflation_window >= 2):
+            problems.append(f"inflation_window must be an integer >= 2, got {self.inflation_window!r}")
         if not 0 < self.tolerance < 1:
             problems.append("tolerance must be in (0, 1)")
         if self.glucose_band[0] >= self.glucose_band[1]:
@@ -206,7 +224,9 @@ class Plan:
             bound: a penalised optimum lies on it).
         evaluations: objective-and-gradient evaluations in this call; `seconds` its wall time.
         prediction: name -> (3, time) mean, lower and upper quantile of vcd, glucose, lactate, ammonia, titer and
-            volume under this plan, at `prediction_times_h` (for plots).
+            volume under this plan, at `prediction_times_h` (for plots; the draws as they are, not inflated).
+        spread_inflation: constrained variable -> the variance-inflation factor λ its chance constraint used
+            (`MPCConfig.spread_inflation`); `constraint_probability` is computed on the widened draws.
     """
 
     time_h: float
@@ -220,6 +240,7 @@ class Plan:
     seconds: float
     prediction_times_h: tuple[float, ...] = ()
     prediction: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    spread_inflation: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def is_fallback(self) -> bool:
@@ -257,9 +278,11 @@ class Plan:
         volumes = ", ".join(f"{t:g} h: {v * 1000:.1f} mL" for t, v in zip(self.decision_times_h, self.volumes_l,
                                                                            strict=True))
         chances = ", ".join(f"{k} {v:.0%}" for k, v in self.constraint_probability.items())
+        widened = ", ".join(f"{k} ×{math.sqrt(v):.2g}" for k, v in self.spread_inflation.items() if v > 1)
         return (f"Plan at {self.time_h:g} h [{self.status}], objective {self.objective:.4g}, "
                 f"{self.evaluations} evaluations in {self.seconds * 1000:.0f} ms\n  boluses: {volumes or 'none'}\n"
-                f"  constraints met in: {chances or 'no constraints'}")
+                f"  constraints met in: {chances or 'no constraints'}"
+                + (f"\n  draws widened for model error (sd): {widened}" if widened else ""))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -277,6 +300,7 @@ class _Call:
     why_fallback: str
     started: float  # perf_counter at the call's start
     feed: Mapping[str, float] = dataclasses.field(default_factory=dict)  # species -> concentration in the feed, mM
+    inflation: Mapping[str, float] = dataclasses.field(default_factory=dict)  # constrained variable -> λ
 
     @property
     def volume_limit(self) -> float:
@@ -355,31 +379,52 @@ class FeedingController:
     def step(self, predictor) -> Plan:
         """Plans from a `cgt_twin.control.Predictor`'s current belief (its particles, time and protocol)."""
         y, params = self._draws(predictor, self.config.n_draws)
-        return self.plan(predictor.time_h, y, params, predictor.protocol, predictor.current_inputs())
+        inflation = None
+        if self.config.spread_inflation == "innovations" and self.config.n_draws > 1:
+            inflation = {var: predictor.spread_inflation(var, last=self.config.inflation_window)
+                         for var, _, _ in self._limits() if var in predictor.variables}
+        return self.plan(predictor.time_h, y, params, predictor.protocol, predictor.current_inputs(),
+                         spread_inflation=inflation)
 
     def plan(self, time_h: float, states: np.ndarray, params: Mapping[str, np.ndarray], protocol: Protocol,
-             inputs=None) -> Plan:
+             inputs=None, *, spread_inflation: Mapping[str, float] | None = None) -> Plan:
         """Plans from explicit draws: `states` (draws, state) at `time_h` (pre-event values there) and `params`
         name -> (draws,); `protocol` is the batch's recorded protocol (its future boluses of the controlled medium
         are replaced by the plan). `inputs` (`cgt_twin.models.kinetics.Inputs`) in force at `time_h` default to
         those the protocol's events set; a twin whose residual sees batch covariates needs them given (as
-        `Predictor.current_inputs` does)."""
-        call = self._setup(time_h, states, params, protocol, inputs)
+        `Predictor.current_inputs` does). `spread_inflation` (constrained variable -> λ ≥ 1) widens the draws of
+        the chance constraints (`MPCConfig.spread_inflation`; `step` takes λ from the predictor's innovations);
+        without it a numeric `MPCConfig.spread_inflation` applies, else none."""
+        call = self._setup(time_h, states, params, protocol, inputs, spread_inflation)
         if not len(call.future):
             return self._finish(call, np.zeros(0), "converged", 0)
         return self._optimise(call, self._initial_guess(call))
 
     def evaluate(self, time_h: float, states: np.ndarray, params: Mapping[str, np.ndarray], protocol: Protocol,
-                 volumes: Sequence[float], inputs=None) -> tuple[float, float, np.ndarray]:
+                 volumes: Sequence[float], inputs=None, *, spread_inflation: Mapping[str, float] | None = None
+                 ) -> tuple[float, float, np.ndarray]:
         """A given plan's ``(objective, penalty, gradient of objective - config.penalty·penalty per decision)``
         for the same draws as `plan` (for checks and what-if questions; `volumes` one per future decision)."""
-        call = self._setup(time_h, states, params, protocol, inputs)
+        call = self._setup(time_h, states, params, protocol, inputs, spread_inflation)
         values, grads, _ = _value_and_grad(call.problem, _full(np.asarray(volumes, dtype=np.float64), call.dyn),
                                            _arrays(call.dyn), jnp.asarray(call.volume_limit))
         values, grads = np.asarray(values), np.asarray(grads)[:, call.dyn["active"]]
         return float(values[0]), float(values[1]), grads[0] - self.config.penalty * grads[1]
 
-    def _setup(self, time_h, states, params, protocol, inputs) -> _Call:
+    def _inflation(self, given: Mapping[str, float] | None) -> dict[str, float]:
+        """Constrained variable -> λ: `given` (checked), else a numeric `MPCConfig.spread_inflation`, else 1."""
+        constrained = sorted({var for var, _, _ in self._limits()})
+        if given is None:
+            fixed = self.config.spread_inflation
+            return {var: float(fixed) if not isinstance(fixed, str) else 1.0 for var in constrained}
+        unknown = sorted(set(given) - set(constrained))
+        bad = {k: v for k, v in given.items() if not (math.isfinite(v) and v >= 1)}
+        if unknown or bad:
+            raise CampaignValidationError(Problem("mpc", f"spread_inflation must map constrained variables "
+                                                         f"{constrained} to numbers >= 1; got {dict(given)}"))
+        return {var: float(given.get(var, 1.0)) for var in constrained}
+
+    def _setup(self, time_h, states, params, protocol, inputs, spread_inflation=None) -> _Call:
         """Everything one call needs: the table from now to the end with a row per future decision, the draws."""
         started = _time.perf_counter()
         config = self.config
@@ -426,12 +471,14 @@ class FeedingController:
                         and e.time_h >= time_h - 1e-9 and np.isfinite(e.amount))
         problem = _Problem(kinetics, config.solver, self.variables, tuple(config.objective.items()), self._limits(),
                            config.probability, config.glucose_band, config.feed_cost)
+        inflation = self._inflation(spread_inflation)
+        widen = np.asarray([math.sqrt(inflation.get(v, 1.0)) for v in self.variables])  # sd factor per variable
         dyn = dict(params={k: jnp.asarray(np.asarray(v, dtype=np.float64)) for k, v in params.items()},
                    y=jnp.asarray(states), inputs=inputs, table=table._replace(valid=jnp.asarray(table.valid)),
-                   matrix=jnp.asarray(matrix), active=active, n_decisions=matrix.shape[1])
+                   matrix=jnp.asarray(matrix), widen=jnp.asarray(widen), active=active, n_decisions=matrix.shape[1])
         fallback, why = self._fallback(future)
         call = _Call(float(time_h), future, problem, dyn, volume_now, samples, max_volume, fallback, why, started,
-                     dict(zip(kinetics.species, conc.tolist(), strict=True)))
+                     dict(zip(kinetics.species, conc.tolist(), strict=True)), inflation)
         return dataclasses.replace(call, fallback=self._project(fallback, call))
 
     def _initial_guess(self, call: _Call) -> np.ndarray:
@@ -465,6 +512,7 @@ class FeedingController:
         on the last decision before that check; None when no such constraint is broken."""
         table = call.dyn["table"]
         valid, t_end = np.asarray(table.valid), np.asarray(table.t1)
+        observed = _widened(observed, ok, np.asarray(call.dyn["widen"]))
         direction = np.zeros(len(call.future))
         for var, bound, side in self._limits():
             if call.feed.get(var, 0.0) <= bound or bound <= 0:
@@ -628,9 +676,10 @@ class FeedingController:
             values = observed[ok][:, keep_rows, j] if ok.any() else np.full((1, keep_rows.size), np.nan)
             prediction[name] = np.stack([values.mean(axis=0), *np.quantile(values, quantiles, axis=0)])
         probabilities = {}
+        widened = _widened(observed, ok, np.asarray(dyn["widen"]))
         for var, bound, side in self._limits():
             j = self.variables.index(var)
-            values = observed[:, np.nonzero(valid)[0], j]
+            values = widened[:, np.nonzero(valid)[0], j]
             slack = 1e-3 * max(abs(bound), 1e-3)  # a penalty optimum sits on its bound, within a hair
             met = np.all(values >= bound - slack, axis=1) if side == "lower" else np.all(values <= bound + slack,
                                                                                             axis=1)
@@ -645,7 +694,7 @@ class FeedingController:
             self._previous, self._previous_times = volumes.copy(), tuple(float(t) for t in future)
         return Plan(call.time_h, tuple(float(t) for t in future), tuple(float(v) for v in volumes), config.medium,
                     status, float(objective), probabilities, evaluations, _time.perf_counter() - call.started,
-                    tuple(float(t) for t in times), prediction)
+                    tuple(float(t) for t in times), prediction, dict(call.inflation))
 
 
 def _full(volumes, dyn) -> jnp.ndarray:
@@ -656,7 +705,16 @@ def _full(volumes, dyn) -> jnp.ndarray:
 
 
 def _arrays(dyn) -> dict:
-    return {k: dyn[k] for k in ("params", "y", "inputs", "table", "matrix")}
+    return {k: dyn[k] for k in ("params", "y", "inputs", "table", "matrix", "widen")}
+
+
+def _widened(observed, ok, widen):
+    """The draws' predictions (draws, rows, variables) spread by `widen` (variables,) around their mean over the
+    draws that solved (numpy or JAX arrays): the chance constraints' view of them (`MPCConfig.spread_inflation`)."""
+    xp = jnp if isinstance(observed, jax.Array) else np
+    weight = ok / xp.maximum(xp.sum(ok), 1)
+    mean = xp.einsum("d,drv->rv", weight, observed)
+    return mean[None] + widen * (observed - mean[None])
 
 
 class _Problem(eqx.Module):
@@ -708,8 +766,9 @@ def _terms(problem: _Problem, u, dyn, volume_limit, observed, ok):
         objective = objective + w * value
     objective = objective - problem.feed_cost * jnp.sum(u)
     penalty = 0.0
+    widened = _widened(observed, ok, dyn["widen"])
     for var, bound, side in problem.limits:
-        values = jnp.where(ok[:, None], observed[:, :, index[var]], 0.0 if side == "lower" else 1e6)
+        values = jnp.where(ok[:, None], widened[:, :, index[var]], 0.0 if side == "lower" else 1e6)
         level = 1 - problem.probability if side == "lower" else problem.probability
         quantile = jnp.quantile(values, level, axis=0)  # per row, over draws
         violation = (bound - quantile) if side == "lower" else (quantile - bound)

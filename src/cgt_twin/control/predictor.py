@@ -62,7 +62,7 @@ __all__ = ["Predictor", "PredictorSettings", "UpdateReport", "Rejection", "DEFAU
 
 DEFAULT_NOISE_IF_UNFITTED = (0.0, 0.10)  # σ_abs, σ_rel for variables the twin has no noise model for
 STATE_FORMAT = "cgt_twin predictor state"
-STATE_SCHEMA = 1
+STATE_SCHEMA = 2  # 2: snapshots carry their innovations (schema 1 states are read without them)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,6 +166,9 @@ class _Snapshot:
     params: dict[str, np.ndarray]
     log_weights: np.ndarray
     inputs: tuple
+    # the measurements assimilated here and their prediction before it: (variable, 4) = value, measured flag,
+    # predicted mean, predicted variance (canonical units); None where nothing was measured
+    innovation: np.ndarray | None = None
 
 
 class Predictor:
@@ -519,8 +522,13 @@ class Predictor:
             failed += int(info["failed"])
             cursor = _Snapshot(float(end), np.asarray(y), {k: np.asarray(v) for k, v in new_params.items()},
                                np.asarray(log_w), tuple(np.asarray(a) for a in inputs_end))
-            self._last_info = {k: float(v) for k, v in info.items()}
+            self._last_info = {k: float(v) for k, v in info.items() if np.ndim(v) == 0}
             if last_chunk:
+                if np.any(obs_measured):
+                    cursor.innovation = np.stack([np.asarray(obs_values, dtype=np.float64),
+                                                  np.asarray(obs_measured, dtype=np.float64),
+                                                  np.asarray(info["predicted_mean"]),
+                                                  np.asarray(info["predicted_var"])], axis=1)
                 break
         self._snapshots.append(cursor)
         return failed
@@ -547,6 +555,63 @@ class Predictor:
         snap = self._snapshots[-1]
         w = np.exp(snap.log_weights - snap.log_weights.max())
         return snap.y.copy(), {k: v.copy() for k, v in snap.params.items()}, w / w.sum()
+
+    def innovations(self) -> pd.DataFrame:
+        """Every assimilated measurement against the filter's prediction of it just before (replicates at one time
+        averaged): the one-step-ahead errors that show whether the twin's spread is honest.
+
+        Returns:
+            DataFrame with ``time_h``, ``variable``, ``value`` (measured), ``predicted_mean``, ``predicted_sd`` (the
+            spread of the particles' prediction), ``noise_sd`` (the measurement noise model at the prediction),
+            ``interval_h`` (hours since the previous assimilation) and ``standardized``
+            = (value − predicted_mean) / √(predicted_sd² + noise_sd²), canonical units. For an honest twin the
+            standardized innovations have mean ≈ 0 and variance ≈ 1; a variance well above 1 means the twin is more
+            certain than it should be (model error the posterior does not know about).
+        """
+        self._require_started()
+        rows = []
+        for previous, snap in zip(self._snapshots[:-1], self._snapshots[1:], strict=False):
+            if snap.innovation is None:
+                continue
+            for j, variable in enumerate(self.variables):
+                value, measured, mean, var = snap.innovation[j]
+                if not measured:
+                    continue
+                noise_sd = math.sqrt(self.noise[j, 0] ** 2 + (self.noise[j, 1] * mean) ** 2)
+                sd = math.sqrt(max(var, 0.0))
+                total = math.sqrt(sd ** 2 + noise_sd ** 2)
+                rows.append({"time_h": snap.time_h, "variable": variable, "value": value, "predicted_mean": mean,
+                             "predicted_sd": sd, "noise_sd": noise_sd, "interval_h": snap.time_h - previous.time_h,
+                             "standardized": (value - mean) / total if total > 0 else math.nan})
+        columns = ["time_h", "variable", "value", "predicted_mean", "predicted_sd", "noise_sd", "interval_h",
+                   "standardized"]
+        return pd.DataFrame(rows, columns=columns)
+
+    def spread_inflation(self, variable: str, *, last: int = 5) -> float:
+        """How much wider the twin's spread of `variable` must be to explain its latest one-step-ahead errors: the
+        variance-inflation factor λ = max(1, (Σ e² − Σ σ²) / Σ s²) over the `last` assimilations that measured it
+        (innovation e = measured − predicted mean, σ the measurement noise there, s the particles' predicted spread;
+        a moment estimate, as in adaptive covariance inflation of ensemble Kalman filters: Anderson 2007, Tellus A
+        59:210–224). 1 with fewer than two such innovations, or when the errors are within the predicted spread.
+
+        The particles' spread covers only the uncertainty the posterior and the filter know; an inflation well above
+        1 says that the twin's structure misses something (the plant eats more late in the batch than any draw, say).
+        `cgt_twin.control.FeedingController` widens the chance constraints' draws by √λ around their mean.
+        """
+        if variable not in self.variables:
+            raise CampaignValidationError(Problem("spread_inflation", f"unknown variable {variable!r}; the predictor "
+                                                                      f"observes {', '.join(self.variables)}"))
+        if last < 2:
+            raise CampaignValidationError(Problem("spread_inflation", f"last must be >= 2, got {last}"))
+        table = self.innovations()
+        recent = table[(table["variable"] == variable) & (table["interval_h"] > 0)].tail(last)
+        if len(recent) < 2:
+            return 1.0
+        spread = float(np.sum(recent["predicted_sd"] ** 2))
+        excess = float(np.sum((recent["value"] - recent["predicted_mean"]) ** 2) - np.sum(recent["noise_sd"] ** 2))
+        if not spread > 0:
+            return 1.0
+        return float(max(1.0, excess / spread))
 
     def current_inputs(self):
         """The inputs (rates, set-points, event times) in force at the filter time."""
@@ -621,6 +686,8 @@ class Predictor:
                 arrays[f"s{i}_p_{k}"] = v
             for j, a in enumerate(snap.inputs):
                 arrays[f"s{i}_u{j}"] = np.asarray(a)
+            if snap.innovation is not None:
+                arrays[f"s{i}_innovation"] = snap.innovation
         for i, (_t, values, measured, counts) in enumerate(self._groups):
             arrays[f"g{i}_values"], arrays[f"g{i}_measured"], arrays[f"g{i}_counts"] = values, measured, counts
         buffer = _io.BytesIO()
@@ -674,7 +741,8 @@ class Predictor:
         self._initial = dict(body["initial"])
         self._snapshots = [_Snapshot(float(s["time_h"]), arrays[f"s{i}_y"], {k: arrays[f"s{i}_p_{k}"]
                                                                              for k in s["params"]},
-                                     arrays[f"s{i}_log_weights"], tuple(arrays[f"s{i}_u{j}"] for j in range(n_inputs)))
+                                     arrays[f"s{i}_log_weights"], tuple(arrays[f"s{i}_u{j}"] for j in range(n_inputs)),
+                                     arrays.get(f"s{i}_innovation"))
                            for i, s in enumerate(body["snapshots"])]
         self._groups = [(float(t), arrays[f"g{i}_values"], arrays[f"g{i}_measured"], arrays[f"g{i}_counts"])
                         for i, t in enumerate(body["groups"])]
