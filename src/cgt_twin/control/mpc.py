@@ -14,6 +14,9 @@ minimum/maximum, lactate and ammonia limits — are *chance constraints* over th
 draws" means the draws' 5 % quantile stays above 2 mM at every check time (each row end: before every bolus and every
 `check_every_h`). They enter the optimiser as squared-hinge penalties on that quantile; the bolus bounds are box
 constraints and the volume limit is also enforced exactly by projection, so a returned plan never overfills.
+The draws carry the posterior's and the filter's uncertainty but not the twin's structural error; by default each
+constrained variable's draws are widened around their mean by √λ, the variance inflation the predictor's latest
+one-step-ahead errors call for (`Predictor.spread_inflation`; 1 while the twin predicts within its own spread).
 
 A penalty on a quantile goes flat where the quantile's draws are depleted: once glucose runs out before a check time, a
 somewhat larger bolus is eaten before that time too, and the gradient vanishes while the constraint is broken.
