@@ -234,16 +234,16 @@ def test_spread_inflation_widens_the_chance_constraints(twin, monkeypatch):
 
     predictor = Predictor(twin, settings=PredictorSettings(n_particles=64, initial_spread=0.25))
     predictor.start(_protocol(), INITIAL)
-    y, params = FeedingController(twin, _config(n_draws=32))._draws(predictor, 32)
+    y, params = FeedingController(twin, _config(n_draws=16))._draws(predictor, 16)
     plans = {}
     for factor in (1.0, 4.0):
-        controller = FeedingController(twin, _config(n_draws=32, probability=0.9))
+        controller = FeedingController(twin, _config(n_draws=16, probability=0.9))
         plans[factor] = controller.plan(0.0, y, params, _protocol(), spread_inflation={"glucose": factor})
         while plans[factor].status != "converged" and plans[factor].evaluations:
             plans[factor] = controller.plan(0.0, y, params, _protocol(), spread_inflation={"glucose": factor})
     assert plans[4.0].spread_inflation == {"glucose": 4.0} and plans[1.0].spread_inflation == {"glucose": 1.0}
     assert sum(plans[4.0].volumes_l) > sum(plans[1.0].volumes_l) + 1e-3
-    check = FeedingController(twin, _config(n_draws=32, probability=0.9, max_evaluations=1))
+    check = FeedingController(twin, _config(n_draws=16, probability=0.9, max_evaluations=1))
     plain_under_widened = check._finish(check._setup(0.0, y, params, _protocol(), None, {"glucose": 4.0}),
                                         np.asarray(plans[1.0].volumes_l), "evaluated", 0)
     assert plans[4.0].constraint_probability["glucose >= 2"] > \
@@ -251,11 +251,15 @@ def test_spread_inflation_widens_the_chance_constraints(twin, monkeypatch):
     assert "widened" in str(plans[4.0]) and "widened" not in str(plans[1.0])
 
     monkeypatch.setattr(Predictor, "spread_inflation", lambda self, variable, last=5: 3.0)
-    plan = FeedingController(twin, _config(n_draws=32, max_evaluations=1)).step(predictor)
-    assert plan.spread_inflation == {"glucose": 3.0}
-    nominal = FeedingController(twin, _config(n_draws=1, max_evaluations=1)).step(predictor)
-    assert nominal.spread_inflation == {"glucose": 1.0}  # one draw has no spread to widen
-    fixed = FeedingController(twin, _config(n_draws=32, max_evaluations=1, spread_inflation=2.0))
+    asked = []
+    monkeypatch.setattr(FeedingController, "plan", lambda self, *args, spread_inflation=None: asked.append(
+        spread_inflation))
+    FeedingController(twin, _config(n_draws=16)).step(predictor)
+    FeedingController(twin, _config(n_draws=1)).step(predictor)  # nominal: one draw has no spread to widen
+    FeedingController(twin, _config(n_draws=16, spread_inflation=1.0)).step(predictor)  # fixed: not asked
+    assert asked == [{"glucose": 3.0}, None, None]
+    monkeypatch.undo()
+    fixed = FeedingController(twin, _config(n_draws=16, max_evaluations=1, spread_inflation=2.0))
     assert fixed.plan(0.0, y, params, _protocol()).spread_inflation == {"glucose": 2.0}
 
     for bad in ("wild", 0.5, float("nan")):
@@ -264,5 +268,5 @@ def test_spread_inflation_widens_the_chance_constraints(twin, monkeypatch):
     with pytest.raises(CampaignValidationError, match="inflation_window"):
         _config(inflation_window=1).check()
     with pytest.raises(CampaignValidationError, match="constrained variables"):
-        FeedingController(twin, _config(n_draws=32)).plan(0.0, y, params, _protocol(),
+        FeedingController(twin, _config(n_draws=16)).plan(0.0, y, params, _protocol(),
                                                           spread_inflation={"lactate": 2.0})

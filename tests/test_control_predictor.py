@@ -330,6 +330,13 @@ def test_innovations_are_the_one_step_predictions_and_reveal_a_biased_twin(twin)
         expected = (glucose["value"] - glucose["predicted_mean"]) / np.sqrt(glucose["predicted_sd"] ** 2 + noise_sd ** 2)
         np.testing.assert_allclose(glucose["standardized"], expected, rtol=1e-12)
         inflation = predictor.spread_inflation("glucose")
+        recent = glucose.tail(5)  # the estimate from the table's last five glucose innovations
+        moment = (np.sum((recent["value"] - recent["predicted_mean"]) ** 2) - np.sum(recent["noise_sd"] ** 2)) \
+            / np.sum(recent["predicted_sd"] ** 2)
+        assert inflation == pytest.approx(max(1.0, moment), rel=1e-12)
+        assert predictor.spread_inflation("glucose", last=2) == pytest.approx(max(1.0, (
+            np.sum((glucose["value"] - glucose["predicted_mean"]).tail(2) ** 2) - np.sum(glucose["noise_sd"].tail(2) ** 2))
+            / np.sum(glucose["predicted_sd"].tail(2) ** 2)), rel=1e-12)
         if biased:
             assert np.all(glucose["standardized"].to_numpy()[2:] < -2) and inflation > 1.8, inflation
         else:

@@ -603,12 +603,22 @@ class Predictor:
                                                                       f"observes {', '.join(self.variables)}"))
         if last < 2:
             raise CampaignValidationError(Problem("spread_inflation", f"last must be >= 2, got {last}"))
-        table = self.innovations()
-        recent = table[(table["variable"] == variable) & (table["interval_h"] > 0)].tail(last)
+        self._require_started()
+        j = self.variables.index(variable)
+        recent = []  # (innovation², noise variance, predicted variance), newest first; no pandas: called every MPC step
+        for previous, snap in zip(self._snapshots[-2::-1], self._snapshots[:0:-1], strict=False):
+            if len(recent) == last:
+                break
+            if snap.innovation is None or not snap.innovation[j, 1] or snap.time_h <= previous.time_h:
+                continue
+            value, _, mean, var = snap.innovation[j]
+            noise_var = self.noise[j, 0] ** 2 + (self.noise[j, 1] * mean) ** 2
+            recent.append(((value - mean) ** 2, noise_var, max(var, 0.0)))
         if len(recent) < 2:
             return 1.0
-        spread = float(np.sum(recent["predicted_sd"] ** 2))
-        excess = float(np.sum((recent["value"] - recent["predicted_mean"]) ** 2) - np.sum(recent["noise_sd"] ** 2))
+        squared, noise_var, predicted_var = np.asarray(recent).sum(axis=0)
+        spread = float(predicted_var)
+        excess = float(squared - noise_var)
         if not spread > 0:
             return 1.0
         return float(max(1.0, excess / spread))
