@@ -126,3 +126,51 @@ def test_noise_floor_bounds_sigma_abs_and_is_checked(campaign):
     for bad in (-0.1, 1.0, math.nan, "0.01"):
         with pytest.raises(CampaignValidationError, match="noise_floor"):
             build_model(twin, campaign, BayesConfig(parameters=("mu_max",), noise_floor=bad))
+
+
+def test_fixed_group_spread_is_checked_and_kept_out_of_the_sampled_sites():
+    """`group_tau` fixes the between-group spread: bad values and a spread without groups are rejected; with it,
+    τ_group is no sample site (a deterministic one at the value), the diagnostics and summary leave it out, and a
+    new batch of an unseen group is still wider than one of a known group."""
+    import json
+
+    import numpy as np
+    from numpyro.infer.util import initialize_model
+
+    from cgt_twin.bayes import laplace
+    from cgt_twin.data import Event, Protocol
+    from cgt_twin.predict import predict
+    from test_bayes_toy import FAST_SOLVER
+
+    twin = Twin(GrowthDeath(), {}, NOISE)
+    lines = {b: {"cell_line": "CL1" if i % 2 else "CL2"} for i, b in enumerate("ABCD")}
+    grouped = growth_campaign({b: {"mu_max": 0.03 * (1.1 if i % 2 else 0.9)} for i, b in enumerate("ABCD")},
+                              covariates=lines)
+    base = dict(parameters=("mu_max",), hierarchical=("mu_max",), group="cell_line", noise="fixed",
+                solver=FAST_SOLVER)
+    for bad in (0.0, -0.1, math.nan):
+        with pytest.raises(CampaignValidationError, match="cannot build") as exc:
+            build_model(twin, grouped, BayesConfig(**{**base, "group_tau": bad}))
+        assert "fixed between-group spread must be finite and > 0" in _messages(exc)
+    with pytest.raises(CampaignValidationError) as exc:
+        build_model(twin, grouped, BayesConfig(parameters=("mu_max",), hierarchical=("mu_max",), group_tau=0.2))
+    assert "needs a grouping covariate" in _messages(exc)
+
+    model = build_model(twin, grouped, BayesConfig(**base, group_tau=0.2))
+    info = initialize_model(__import__("jax").random.PRNGKey(0), model.model,
+                            forward_mode_differentiation=model.forward_mode)
+    assert "tau_group" not in info.param_info.z and "z_group" in info.param_info.z
+    assert "fixed at 0.2" in model.describe()
+    posterior = laplace(model, draws=300)
+    assert np.all(posterior.samples["tau_group"] == 0.2)
+    assert "tau_group" not in posterior.sampled_sites and "tau_batch" in posterior.sampled_sites
+    assert "tau_group" not in posterior.summary().index
+    protocols = {"new-known": Protocol(1.0, (Event(72, "harvest"),)), "new-unseen": Protocol(1.0, (Event(72, "harvest"),))}
+    init = {b: {"vcd": 0.5, "glucose": 1.0, "dead_cells": 0.02} for b in protocols}
+    out = predict(twin, protocols, np.arange(0, 73, 24.0), initial_states=init, posterior=posterior, band="parameter",
+                  n_draws=300, groups={"new-known": "CL1", "new-unseen": "CL9"}, settings=FAST_SOLVER)
+    assert json.loads(out.attrs["batch_kinds"]) == {"new-known": "new batch, known group",
+                                                    "new-unseen": "new batch, new group"}
+    vcd = out["vcd"].sel(time=72.0, phase="pre")
+    width = (vcd.sel(statistic="q95") - vcd.sel(statistic="q05")).values
+    assert width[1] > width[0] > 0

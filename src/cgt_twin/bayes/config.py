@@ -8,6 +8,7 @@ forward_mode = "auto"      # time one gradient each way, use the faster (default
 parameters = ["mu_max", "q_p"]      # omit: the identifiable subset
 hierarchical = ["mu_max"]
 group = "cell_line"
+group_tau = 0.2            # optional: the between-group spread fixed (few groups), not sampled
 [model.priors.mu_max]      # override a spec's log-normal prior (median in the spec's unit, sd of the log)
 median = 0.03
 sigma = 0.3

@@ -6,7 +6,8 @@ What is sampled (all on the natural-log scale of the parameter, in the spec's un
   (`cgt_twin.models.parameters.Parameter`), overridable with `Prior`; the value is kept within the spec's bounds.
 - hierarchical parameters (non-centred): per batch ``log θ_b = log θ + τ_group·z_group[g(b)] + τ_batch·z_batch[b]``
   with ``z ~ N(0, 1)`` and ``τ ~ HalfNormal(tau_sigma)`` (a between-batch spread on the log scale: τ = 0.1 is about
-  10 % variation). The group term is present when a grouping covariate (donor, clone, cell line) is given.
+  10 % variation). The group term is present when a grouping covariate (donor, clone, cell line) is given; with
+  `BayesConfig.group_tau` its spread τ_group is fixed (a deterministic site) instead of sampled.
 - ``noise_scale`` (optional, one per observed variable): the twin's σ_abs and σ_rel multiplied by exp(noise_scale),
   noise_scale ~ N(0, noise_sigma) — the shape of the error model stays the fitted one, its size is uncertain.
 - per-batch log initial states (optional), Normal(log of the held value, initial_sigma).
@@ -74,6 +75,11 @@ class BayesConfig:
             twin, or every predicted one that is measured when the twin has no noise model).
         priors: parameter -> `Prior` overriding the spec's.
         tau_sigma: scale of the half-normal prior of each between-batch / between-group spread (log scale).
+        group_tau: the between-group spread (log scale) fixed at this value instead of sampled; None samples it.
+            With two or three groups the data cannot tell their spread from the population value (measured on the
+            UMN runs, two cell lines: τ_group's chains disagreed, split R-hat 1.42, with 78 divergences in its
+            funnel); fixing it at what earlier campaigns or process knowledge say (0.2 ≈ 20 % between cell lines)
+            removes the funnel, and a batch of an unseen group still draws a group effect of that size.
         noise: ``"scale"`` (sample one log multiplier of the noise per variable) or ``"fixed"``.
         noise_sigma: prior sd of the log noise multiplier.
         noise_floor: lower bound of each variable's σ_abs, as a fraction of the variable's typical magnitude (the
@@ -100,6 +106,7 @@ class BayesConfig:
     variables: tuple[str, ...] | None = None
     priors: Mapping[str, Prior] = dataclasses.field(default_factory=dict)
     tau_sigma: float = 0.3
+    group_tau: float | None = None
     noise: str = "scale"
     noise_sigma: float = 0.5
     noise_floor: float = 0.0
@@ -164,7 +171,9 @@ class TwinModel:
         if self.config.hierarchical:
             parts.append(f"between-batch effects on {', '.join(self.config.hierarchical)}"
                          + (f" with groups by {self.config.group} ({len(self.group_levels)} levels)"
-                            if self.config.group else ""))
+                            if self.config.group else "")
+                         + (f", the between-group spread fixed at {self.config.group_tau:g} (log scale)"
+                            if self.config.group and self.config.group_tau is not None else ""))
         if self.config.noise == "scale":
             parts.append(f"noise scale of {', '.join(self.variables)}")
         if self.config.initial_states:
@@ -228,6 +237,13 @@ def _check(twin: Twin, campaign: Campaign, config: BayesConfig, parameters: Sequ
                          ("initial_sigma", config.initial_sigma)):
         if not (math.isfinite(value) and value > 0):
             problems.append(Problem(label, f"{label}: improper prior, must be finite and > 0, got {value!r}"))
+    if config.group_tau is not None:
+        if not (isinstance(config.group_tau, int | float) and math.isfinite(config.group_tau)
+                and config.group_tau > 0):
+            problems.append(Problem("group_tau", f"the fixed between-group spread must be finite and > 0, got "
+                                                 f"{config.group_tau!r}"))
+        if config.group is None:
+            problems.append(Problem("group_tau", "a fixed between-group spread needs a grouping covariate (group)"))
     if not (isinstance(config.noise_floor, (int, float)) and math.isfinite(config.noise_floor)
             and 0 <= config.noise_floor < 1):
         problems.append(Problem("noise_floor", f"must be a fraction in [0, 1), got {config.noise_floor!r}"))
@@ -384,7 +400,10 @@ def build_model(twin: Twin, campaign: Campaign, config: BayesConfig | None = Non
                 z = numpyro.sample("z_batch", dist.Normal(jnp.zeros(n_h), 1.0).to_event(1))
             total = tau * z
             if group_index is not None:
-                tau_g = numpyro.sample("tau_group", dist.HalfNormal(config.tau_sigma * jnp.ones(n_h)).to_event(1))
+                if config.group_tau is None:
+                    tau_g = numpyro.sample("tau_group", dist.HalfNormal(config.tau_sigma * jnp.ones(n_h)).to_event(1))
+                else:
+                    tau_g = numpyro.deterministic("tau_group", jnp.full(n_h, float(config.group_tau)))
                 with numpyro.plate("group", len(group_levels)):
                     z_g = numpyro.sample("z_group", dist.Normal(jnp.zeros(n_h), 1.0).to_event(1))
                 total = total + (tau_g * z_g)[group_index]
@@ -417,7 +436,8 @@ def build_model(twin: Twin, campaign: Campaign, config: BayesConfig | None = Non
         init["tau_batch"] = np.full(n_h, 0.5 * config.tau_sigma)
         init["z_batch"] = np.zeros((n_batch, n_h))
         if group_index is not None:
-            init["tau_group"] = np.full(n_h, 0.5 * config.tau_sigma)
+            if config.group_tau is None:
+                init["tau_group"] = np.full(n_h, 0.5 * config.tau_sigma)
             init["z_group"] = np.zeros((len(group_levels), n_h))
     if state_index.size:
         init["log_initial"] = np.asarray(log_y0)

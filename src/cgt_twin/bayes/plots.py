@@ -142,7 +142,7 @@ def plot_predictive_bands(campaign: Campaign, prediction: xr.Dataset, variables:
 
 def _default_names(posterior: Posterior) -> list[str]:
     """The sampled kinetic parameters (spec units) and the hierarchical spreads, when there are any."""
-    return [*posterior.parameters, *[k for k in ("tau_batch", "tau_group") if k in posterior.samples]]
+    return [*posterior.parameters, *[k for k in ("tau_batch", "tau_group") if k in posterior.sampled_sites]]
 
 
 def _figure_of(axes) -> Figure:

@@ -87,6 +87,7 @@ class Posterior:
                 "prior": {p: {"log_median": float(twin_model.prior_loc[i]), "log_sd": float(twin_model.prior_scale[i]),
                               "unit": specs[p].unit} for i, p in enumerate(twin_model.parameters)},
                 "tau_sigma": config.tau_sigma, "settings": _jsonable(settings), "seconds": float(seconds),
+                "fixed_sites": ["tau_group"] if config.group and config.group_tau is not None else [],
                 "description": twin_model.describe()}
         posterior = cls(dict(samples), dict(stats), meta)
         diagnostics, problems = posterior._diagnose()
@@ -129,8 +130,11 @@ class Posterior:
         return {p: np.exp(self.flat(f"log_{p}")) for p in self.parameters}  # (n,) or (n, batch) unpooled
 
     # --- diagnostics -------------------------------------------------------------------------------------------
-    def _sampled_sites(self) -> list[str]:
-        return [k for k in self.samples if k != "solver_failed"]
+    @property
+    def sampled_sites(self) -> list[str]:
+        """Sites with draws (not the solver-failure flag, not a spread fixed by the configuration)."""
+        fixed = {"solver_failed", *self.meta.get("fixed_sites", ())}
+        return [k for k in self.samples if k not in fixed]
 
     def _diagnose(self) -> tuple[dict, list[str]]:
         out: dict = {"method": self.method, "chains": self.n_chains, "draws_per_chain": self.n_draws}
@@ -145,7 +149,7 @@ class Posterior:
             return out, problems
         import arviz as az
 
-        idata = az.from_dict(posterior={k: self.samples[k] for k in self._sampled_sites()})
+        idata = az.from_dict(posterior={k: self.samples[k] for k in self.sampled_sites})
         rhat = az.rhat(idata, method="rank")
         bulk = az.ess(idata, method="bulk")
         tail = az.ess(idata, method="tail")
@@ -233,7 +237,7 @@ class Posterior:
         import arviz as az
 
         names = var_names or [*self.parameters, *[k for k in ("tau_batch", "tau_group", "noise_scale")
-                                                  if k in self.samples]]
+                                                  if k in self.sampled_sites]]
         return az.summary(self.to_arviz(), var_names=names, kind="all" if self.method == "nuts" else "stats")
 
     def report(self) -> str:
