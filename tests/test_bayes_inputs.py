@@ -134,13 +134,14 @@ def test_fixed_group_spread_is_checked_and_kept_out_of_the_sampled_sites():
     new batch of an unseen group is still wider than one of a known group."""
     import json
 
+    import jax
     import numpy as np
     from numpyro.infer.util import initialize_model
+    from test_bayes_toy import FAST_SOLVER
 
     from cgt_twin.bayes import laplace
     from cgt_twin.data import Event, Protocol
     from cgt_twin.predict import predict
-    from test_bayes_toy import FAST_SOLVER
 
     twin = Twin(GrowthDeath(), {}, NOISE)
     lines = {b: {"cell_line": "CL1" if i % 2 else "CL2"} for i, b in enumerate("ABCD")}
@@ -157,7 +158,7 @@ def test_fixed_group_spread_is_checked_and_kept_out_of_the_sampled_sites():
     assert "needs a grouping covariate" in _messages(exc)
 
     model = build_model(twin, grouped, BayesConfig(**base, group_tau=0.2))
-    info = initialize_model(__import__("jax").random.PRNGKey(0), model.model,
+    info = initialize_model(jax.random.PRNGKey(0), model.model,
                             forward_mode_differentiation=model.forward_mode)
     assert "tau_group" not in info.param_info.z and "z_group" in info.param_info.z
     assert "fixed at 0.2" in model.describe()
