@@ -180,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readme", type=Path, default=HERE / "README.md", help="the README to rewrite")
     parser.add_argument("--no-readme", action="store_true", help="do not rewrite any README")
     parser.add_argument("--json", type=Path, help="also write the machine and all records to this JSON file")
-    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds allowed per benchmark")
+    # bench_bayes.py (subset, repeated datasets, all parameters) needs about an hour on a fast 2-core machine
+    parser.add_argument("--timeout", type=float, default=3 * 3600.0, help="seconds allowed per benchmark")
     args = parser.parse_args(argv)
 
     info = machine()
