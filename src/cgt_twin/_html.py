@@ -305,10 +305,9 @@ def plan_html(plan) -> str:
     if rows:
         parts.append(_details(f"boluses ({len(rows)} decisions)",
                               table_html(["time [h]", "time [d]", "volume [mL]"], rows), open_=len(rows) <= 12))
-    inflation = dict(getattr(plan, "spread_inflation", {}) or {})
-    chances = [[name, f"{100 * float(p):.0f} %",
-                f"×{float(inflation.get(name.split()[0], 1.0)) ** 0.5:.2g}" if name.split()[0] in inflation else "—"]
-               for name, p in plan.constraint_probability.items()]
+    inflation = plan.spread_inflation  # constraint names start with their variable ("glucose >= 2")
+    chances = [[name, f"{100 * float(p):.0f} %", f"×{float(inflation[name.split()[0]]) ** 0.5:.2g}"
+                if name.split()[0] in inflation else "—"] for name, p in plan.constraint_probability.items()]
     if chances:
         parts.append(_details("constraints: fraction of draws meeting each at every check time (draws widened by "
                               "the model error seen in the innovations)",
