@@ -570,22 +570,27 @@ class Predictor:
         """
         self._require_started()
         rows = []
-        for previous, snap in zip(self._snapshots[:-1], self._snapshots[1:], strict=False):
-            if snap.innovation is None:
-                continue
-            for j, variable in enumerate(self.variables):
-                value, measured, mean, var = snap.innovation[j]
-                if not measured:
-                    continue
-                noise_sd = math.sqrt(self.noise[j, 0] ** 2 + (self.noise[j, 1] * mean) ** 2)
-                sd = math.sqrt(max(var, 0.0))
-                total = math.sqrt(sd ** 2 + noise_sd ** 2)
-                rows.append({"time_h": snap.time_h, "variable": variable, "value": value, "predicted_mean": mean,
-                             "predicted_sd": sd, "noise_sd": noise_sd, "interval_h": snap.time_h - previous.time_h,
+        for j, variable in enumerate(self.variables):
+            for time_h, interval, value, mean, var, noise_var in self._innovation_records(j):
+                total = math.sqrt(var + noise_var)
+                rows.append({"time_h": time_h, "variable": variable, "value": value, "predicted_mean": mean,
+                             "predicted_sd": math.sqrt(var), "noise_sd": math.sqrt(noise_var), "interval_h": interval,
                              "standardized": (value - mean) / total if total > 0 else math.nan})
         columns = ["time_h", "variable", "value", "predicted_mean", "predicted_sd", "noise_sd", "interval_h",
                    "standardized"]
-        return pd.DataFrame(rows, columns=columns)
+        table = pd.DataFrame(rows, columns=columns)
+        return table.sort_values("time_h", kind="stable").reset_index(drop=True)  # in time, variables in their order
+
+    def _innovation_records(self, j: int, *, newest_first: bool = False):
+        """``(time h, hours since the previous assimilation, measured value, predicted mean, predicted variance,
+        measurement-noise variance at the prediction)`` of every assimilation that measured variable `j`."""
+        pairs = list(zip(self._snapshots[:-1], self._snapshots[1:], strict=False))
+        for previous, snap in reversed(pairs) if newest_first else pairs:
+            if snap.innovation is None or not snap.innovation[j, 1]:
+                continue
+            value, _, mean, var = (float(x) for x in snap.innovation[j])
+            noise_var = float(self.noise[j, 0] ** 2 + (self.noise[j, 1] * mean) ** 2)
+            yield snap.time_h, snap.time_h - previous.time_h, value, mean, max(var, 0.0), noise_var
 
     def spread_inflation(self, variable: str, *, last: int = 5) -> float:
         """How much wider the twin's spread of `variable` must be to explain its latest one-step-ahead errors: the
@@ -604,16 +609,13 @@ class Predictor:
         if last < 2:
             raise CampaignValidationError(Problem("spread_inflation", f"last must be >= 2, got {last}"))
         self._require_started()
-        j = self.variables.index(variable)
         recent = []  # (innovation², noise variance, predicted variance), newest first; no pandas: called every MPC step
-        for previous, snap in zip(self._snapshots[-2::-1], self._snapshots[:0:-1], strict=False):
+        for _, interval, value, mean, var, noise_var in self._innovation_records(self.variables.index(variable),
+                                                                                  newest_first=True):
+            if interval > 0:
+                recent.append(((value - mean) ** 2, noise_var, var))
             if len(recent) == last:
                 break
-            if snap.innovation is None or not snap.innovation[j, 1] or snap.time_h <= previous.time_h:
-                continue
-            value, _, mean, var = snap.innovation[j]
-            noise_var = self.noise[j, 0] ** 2 + (self.noise[j, 1] * mean) ** 2
-            recent.append(((value - mean) ** 2, noise_var, max(var, 0.0)))
         if len(recent) < 2:
             return 1.0
         squared, noise_var, predicted_var = np.asarray(recent).sum(axis=0)
