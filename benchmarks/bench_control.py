@@ -15,11 +15,14 @@ What is measured (``python benchmarks/bench_control.py [--quick] [--json FILE]``
    robust multi-stage MPC with 9 scenarios (μ_max × q_P at the posterior's 5 / 50 / 95 % quantiles).
 4. Closed loop on the plant (process noise, measurement noise, a 2 h measurement delay), several plant draws:
    (a) the standard schedule, (b) nominal MPC, (c) MPC over 64 posterior draws (chance constraint at 95 %, and
-   again at 99 %), and do-mpc nominal and 9-scenario on the same predictor's mean state. By default every controller plans against the process limit it is judged by,
-   glucose ≥ 2 mM, so that the only back-off is what a controller derives from the twin's uncertainty (the chance
-   constraint over posterior draws in (c), the 9 scenarios in do-mpc's robust MPC); `--planning-glucose-min 3` adds a
-   fixed 1 mM back-off for every controller. Reported: final titre, harvested product, feed, hours with a constraint
-   violated, the lowest true glucose, and the closed-loop objective (final titre − feed cost).
+   again at 99 %), and do-mpc nominal and 9-scenario on the same predictor's mean state; do-mpc's 9-scenario MPC
+   again with a fixed back-off (planning at 4 and 5 mM), to compare (c) with the peer at equal safety: the best
+   do-mpc run with no more violation hours than (c). Apart from those, every controller plans against the process
+   limit it is judged by, glucose ≥ 2 mM, so that the only back-off is what a controller derives from the twin's
+   uncertainty (the chance constraint over posterior draws in (c), the 9 scenarios in do-mpc's robust MPC);
+   `--planning-glucose-min 3` adds a fixed 1 mM back-off for every controller. Reported: final titre, harvested
+   product, feed, hours with a constraint violated, the lowest true glucose, and the closed-loop objective (final
+   titre − feed cost).
 """
 
 from __future__ import annotations
@@ -49,6 +52,10 @@ FEED_COST = 0.0
 OBJECTIVE = "titer"  # final titre, mg/L (the issue's closed-loop target is on titre); "product" = titre × volume
 OBJECTIVE_UNIT = "mg/L" if OBJECTIVE == "titer" else "mg"
 ROBUST_99 = "(c) MPC over posterior draws, 99 %"  # (c) again, its chance constraint at 99 % of draws
+DOMPC_9 = "do-mpc 9 scenarios"
+# mM: do-mpc's 9-scenario MPC again, planning against these glucose limits (a fixed back-off above the judged 2 mM): the
+# peer at equal safety, since its 9 scenarios alone leave the limit broken for hours (benchmarks/README.md)
+DOMPC_BACKOFFS = (4.0, 5.0)
 
 
 def _median_ms(samples) -> float:
@@ -215,8 +222,8 @@ def measure_closed_loop(twin, posterior, quick: bool, planning_glucose_min: floa
     try:
         import do_mpc  # noqa: F401
 
-        def dompc_policy(robust: bool):
-            peer = _dompc(twin, posterior, robust, days, planning_glucose_min)
+        def dompc_policy(robust: bool, glucose_min: float = planning_glucose_min):
+            peer = _dompc(twin, posterior, robust, days, glucose_min)
 
             def policy(predictor, time_h):
                 # the same estimate our MPC starts from: the filter's mean, carried from the (delayed) sample's time to
@@ -235,7 +242,9 @@ def measure_closed_loop(twin, posterior, quick: bool, planning_glucose_min: floa
 
         strategies["do-mpc nominal"] = dompc_policy(False)
         if not quick:
-            strategies["do-mpc 9 scenarios"] = dompc_policy(True)
+            strategies[DOMPC_9] = dompc_policy(True)
+            for backoff in (g for g in DOMPC_BACKOFFS if g > planning_glucose_min):
+                strategies[f"{DOMPC_9}, planning at {backoff:g} mM"] = dompc_policy(True, backoff)
     except ImportError:
         pass
     seeds = (0,) if quick else tuple(range(plant_draws))
@@ -311,7 +320,8 @@ def _loop_records(loop: dict) -> list[dict]:
                            peer=f"product {r['product_mg']:.0f} mg, feed {r['feed_l'] * 1000:.0f} mL, "
                                 f"{r['violation_hours']} violation hours over {loop['plant_draws']} plant draws, "
                                 f"lowest glucose {r['min_glucose']:.2f} mM"))
-    a, b, d9 = rows.get("(a) standard"), rows.get("(b) nominal MPC"), rows.get("do-mpc 9 scenarios")
+    a, b, d9 = rows.get("(a) standard"), rows.get("(b) nominal MPC"), rows.get(DOMPC_9)
+    robust_peers = {name: r for name, r in rows.items() if name.startswith(DOMPC_9)}
     for label, name in (("(c)", "(c) MPC over posterior draws"), ("(c, 99 %)", ROBUST_99)):
         c = rows.get(name)
         if a and c:
@@ -327,7 +337,25 @@ def _loop_records(loop: dict) -> list[dict]:
                                peer=f"do-mpc {d9['objective']:.4g} {OBJECTIVE_UNIT}",
                                ratio=c["objective"] / d9["objective"], target=">= do-mpc",
                                met=c["objective"] >= d9["objective"]))
+        if len(robust_peers) > 1 and c:
+            out.append(_equal_safety_record(label, c, robust_peers))
     return out
+
+
+def _equal_safety_record(label: str, c: dict, peers: dict[str, dict]) -> dict:
+    """(c)'s objective against the best of do-mpc's 9-scenario runs (planning limits 2 mM and the back-offs) that broke
+    the limit for no more hours than (c) did."""
+    safe = {name: r for name, r in peers.items() if r["violation_hours"] <= c["violation_hours"]}
+    name = f"{label} closed-loop objective vs do-mpc 9 scenarios at no more violation hours"
+    if not safe:
+        hours = ", ".join(f"{r['violation_hours']} h" for r in peers.values())
+        return _record(name, c["objective"], OBJECTIVE_UNIT, target=">= do-mpc at equal safety",
+                       peer=f"no do-mpc run as safe as {c['violation_hours']} h ({hours})", met=None)
+    best_name, best = max(safe.items(), key=lambda item: item[1]["objective"])
+    return _record(name, c["objective"], OBJECTIVE_UNIT,
+                   peer=f"{best_name}: {best['objective']:.4g} {OBJECTIVE_UNIT}, {best['violation_hours']} h",
+                   ratio=c["objective"] / best["objective"], target=">= do-mpc at equal safety",
+                   met=c["objective"] >= best["objective"])
 
 
 def run(quick: bool = False) -> list[dict]:
