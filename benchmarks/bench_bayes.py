@@ -130,8 +130,9 @@ def _faster_mode(twin, campaign, config, train) -> tuple[bool, dict]:
 
 
 PARTS = ("subset", "repeats", "all")
-HELD = {"fit": "fit", "truth": "truth", "fit-likelihood": "fit, data with the likelihood's noise"}  # repeats' variants
 """subset: 1, 2, 3a and 4 above; repeats: 3b; all: 5."""
+HELD = {"fit": "fit", "truth": "truth", "fit-likelihood": "fit, data with the likelihood's noise"}
+"""The repeats' variants (where the unsampled parameters are held) and how the records name them."""
 
 
 def run(quick: bool = False, parts: tuple[str, ...] = PARTS, repeats: int | None = None,
@@ -147,6 +148,7 @@ def run(quick: bool = False, parts: tuple[str, ...] = PARTS, repeats: int | None
 
     warnings.simplefilter("ignore")
     chains, warmup, draws = (2, 100, 100) if quick else (4, 500, 500)
+
     def count(held: str) -> int:
         """Datasets of a repeats variant: the exact conditional check gets 60 intervals (10 datasets), enough to tell
         87 % from 95 %; the variants held at a fit 30, enough to show their shortfall."""
@@ -271,12 +273,12 @@ def _repeats(truth_twin, config, train, holdout, chains, warmup, draws, repeats,
     # the binomial 95 % range of the share for n independent intervals at 95 % (parameters of one dataset are
     # correlated, so the real spread is wider)
     half = 1.96 * np.sqrt(0.95 * 0.05 / max(n, 1))
-    held = HELD[held]
+    label = HELD[held]
     return [_record(f"true parameters inside 95 % credible intervals ({repeats} datasets, {chains}x({warmup}+{draws}) "
-                    f"each, other parameters held at the {held})", 100 * share, "%", f"about 95 % ({100 * (0.95 - half):.0f}-{100 * min(0.95 + half, 1):.0f} "
+                    f"each, other parameters held at the {label})", 100 * share, "%", f"about 95 % ({100 * (0.95 - half):.0f}-{100 * min(0.95 + half, 1):.0f} "
                     f"% for {n} intervals)", bool(abs(share - 0.95) <= half)),
-            _record(f"R-hat max over the repeated datasets (held at the {held})", worst_r_hat, "1"),
-            _record(f"repeated datasets, total time (held at the {held})", time.perf_counter() - start, "s")]
+            _record(f"R-hat max over the repeated datasets (held at the {label})", worst_r_hat, "1"),
+            _record(f"repeated datasets, total time (held at the {label})", time.perf_counter() - start, "s")]
 
 
 def _all_parameters(truth_twin, fit, campaign, train, chains, warmup, draws, max_tree_depth) -> list[dict]:
@@ -305,7 +307,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="reduced chains, draws and repetitions")
     parser.add_argument("--json", help="write the figures to this JSON file")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {PARTS}")
-    parser.add_argument("--repeats", type=int, help="repeated datasets of part 'repeats' (default 10 at the truth, 5 held at a fit; quick 2)")
+    parser.add_argument("--repeats", type=int,
+                        help="repeated datasets of part 'repeats' (default 10 at the truth, 5 held at a fit; quick 2)")
     parser.add_argument("--repeat-sizes", help="chains,warmup,draws of each repeated dataset (default 2,200,200; quick 2,50,50)")
     parser.add_argument("--repeat-held", default="fit,truth",
                         help="where the unsampled parameters are held in the repeats (comma-separated): fit, truth "
