@@ -50,6 +50,10 @@ def true_initial_states(n_batches: int = 7) -> dict[str, dict[str, float]]:
                       "ammonia": 0.5, "titer": 0.0} for i in range(n_batches)}
 
 
+MEASURED = ("vcd", "glucose", "lactate", "glutamine", "ammonia", "titer")
+"""The variables sampled daily in the synthetic campaign."""
+
+
 def cho_campaign(seed: int, n_batches: int = 7, likelihood_noise: bool = False):
     """(truth twin, campaign): the synthetic CHO campaign. Its measurement noise is `synthetic_campaign`'s default
     (log-normal relative errors plus normal absolute ones, clipped at physical bounds), or with `likelihood_noise`
@@ -66,7 +70,7 @@ def cho_campaign(seed: int, n_batches: int = 7, likelihood_noise: bool = False):
         volume = 0.015 + 0.005 * i
         events = [Event(48.0 + 24.0 * d, "bolus", volume, "L", medium="feed") for d in range(10)]
         protocols[f"B{i}"] = Protocol(1.0, (*events, Event(336.0, "harvest")), {"feed": feed}, max_volume=2.0)
-    plan = SamplingPlan(every_h=24.0, variables=("vcd", "glucose", "lactate", "glutamine", "ammonia", "titer"))
+    plan = SamplingPlan(every_h=24.0, variables=MEASURED)
     twin = Twin(CHOFedBatch())
     if not likelihood_noise:
         return twin, synthetic_campaign(twin, protocols, sampling=plan, seed=seed, initial_states=states)
@@ -90,9 +94,8 @@ def _first_samples_floored(campaign):
 
     data = campaign.data.copy()
     first = data["time"] == data["time"][0]
-    for v in ("vcd", "glucose", "lactate", "glutamine", "ammonia", "titer"):
-        if v in data:
-            data[v] = data[v].where(~first | ~(data[v] < 0), 0.0)
+    for v in MEASURED:
+        data[v] = data[v].where(~first | ~(data[v] < 0), 0.0)
     return Campaign(data, campaign.censored, campaign.protocols, campaign.media, campaign.declared, campaign.notes,
                     campaign.source)
 
