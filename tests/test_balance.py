@@ -21,8 +21,8 @@ from scipy.integrate import simpson
 
 import cgt_twin  # noqa: F401  (switches JAX to float64)
 from cgt_twin import Event, Medium, Protocol
-from cgt_twin.models import AbstractKinetics, CHOFedBatch, Inputs, Parameter, Rates
-from cgt_twin.simulate import STATUS_MESSAGES, SolverSettings, simulate
+from cgt_twin.models import AbstractKinetics, CHOFedBatch, Inputs, Parameter, Rates, Twin
+from cgt_twin.simulate import STATUS_MESSAGES, SolverSettings, _solve_batches, _solve_one, prepare, simulate
 
 # One settings object and one output grid for most tests, so the custom kinetics compiles once for all of them.
 TIGHT = SolverSettings(rtol=1e-10, atol=1e-12, max_steps=4096)
@@ -471,6 +471,25 @@ def test_batches_together_equal_batches_alone():
     # batch c ends at its harvest: no values after it
     c = together.sel(batch="c")
     assert np.all(np.isnan(c.vcd.values[CHO_GRID > 300])) and np.all(np.isfinite(c.vcd.values[CHO_GRID <= 300]))
+
+
+@pytest.mark.parametrize("params_per_batch", [False, True])
+def test_one_batch_path_equals_the_vmapped_solve(params_per_batch):
+    """`_solve_batches` solves a single batch without `vmap` (faster); it must give what the vmapped solve gives, with
+    shared parameters and with per-batch parameters (the Bayesian model's form)."""
+    kinetics = CHOFedBatch()
+    prepared = prepare(kinetics, {"a": _cho_fed_batch(bolus=0.05, feed_rate=0.002)}, CHO_GRID[::8],
+                       initial_states={"a": {"vcd": 0.5}})
+    params = dict(Twin(kinetics).params)
+    if params_per_batch:
+        params = {k: v[None] * (1.1 if k == "mu_max" else 1.0) for k, v in params.items()}
+    fast = _solve_batches(kinetics, CHO_SETTINGS, params, prepared.encoded, params_per_batch)
+    vmapped = jax.vmap(lambda p, e: _solve_one(kinetics, CHO_SETTINGS, p, e),
+                       in_axes=(0 if params_per_batch else None, 0))(params, prepared.encoded)
+    assert [a.shape for a in fast] == [a.shape for a in vmapped]
+    for got, want in zip(fast, vmapped):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-13, atol=1e-13, equal_nan=True)
+    assert int(fast[2][0]) == 0 and int(fast[3][0]) > 0  # status ok, steps taken
 
 
 # --------------------------------------------------------------------------------------------------------------------
