@@ -487,7 +487,7 @@ def test_one_batch_path_equals_the_vmapped_solve(params_per_batch):
     vmapped = jax.vmap(lambda p, e: _solve_one(kinetics, CHO_SETTINGS, p, e),
                        in_axes=(0 if params_per_batch else None, 0))(params, prepared.encoded)
     assert [a.shape for a in fast] == [a.shape for a in vmapped]
-    for got, want in zip(fast, vmapped):
+    for got, want in zip(fast, vmapped, strict=True):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-13, atol=1e-13, equal_nan=True)
     assert int(fast[2][0]) == 0 and int(fast[3][0]) > 0  # status ok, steps taken
 

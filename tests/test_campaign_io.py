@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 import cgt_twin
-from cgt_twin.data import (Campaign, CampaignValidationError, campaign_from_dataframe, read_campaign, write_campaign)
+from cgt_twin.data import Campaign, CampaignValidationError, campaign_from_dataframe, read_campaign, write_campaign
 from cgt_twin.data import folder as folder_module
 
 

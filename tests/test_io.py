@@ -14,8 +14,15 @@ import pytest
 
 from cgt_twin.data import Event, Medium, Protocol
 from cgt_twin.hybrid import ResidualSpec, hybrid
-from cgt_twin.io import (SCHEMA_VERSION, ArtifactError, append_provenance, load_twin, read_provenance, save_twin,
-                         verify_provenance)
+from cgt_twin.io import (
+    SCHEMA_VERSION,
+    ArtifactError,
+    append_provenance,
+    load_twin,
+    read_provenance,
+    save_twin,
+    verify_provenance,
+)
 from cgt_twin.models import CHOFedBatch, TCellExpansion, Twin
 from cgt_twin.simulate import simulate
 

@@ -143,7 +143,8 @@ def reference_solve(protocol: Protocol, y0: dict, p: dict, n: int, vessel: str, 
         if event.time_h > t:
             inside = (times > t) & (times < event.time_h)
             t_eval = np.append(times[inside], event.time_h)
-            sol = solve_ivp(lambda _t, z: reference_rhs(z, b, feed_rate, feed_conc, p, n, vessel),
+            sol = solve_ivp(lambda _t, z, b=b, feed_rate=feed_rate, feed_conc=feed_conc:
+                            reference_rhs(z, b, feed_rate, feed_conc, p, n, vessel),
                             (t, event.time_h), y, method="DOP853", rtol=1e-8, atol=1e-10, t_eval=t_eval)
             assert sol.success, sol.message
             out[inside] = sol.y[:, :-1].T

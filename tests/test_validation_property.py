@@ -30,8 +30,14 @@ import pytest
 from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 
-from cgt_twin.data import (CANONICAL_VARIABLES, CELL_TYPES, CampaignValidationError, EventKind, read_campaign,
-                           write_campaign)
+from cgt_twin.data import (
+    CANONICAL_VARIABLES,
+    CELL_TYPES,
+    CampaignValidationError,
+    EventKind,
+    read_campaign,
+    write_campaign,
+)
 from cgt_twin.data.units import UnitConversionError, convert
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -19,8 +19,7 @@ import xarray as xr
 from .campaign import DIMS, PHASES, Campaign
 from .errors import ProblemCollector
 from .protocol import EventKind, Medium, Protocol, amount_unit
-from .tables import (BATCH_COLUMNS, FILE_NAMES, MEDIA_COLUMNS, VARIABLE_COLUMNS,
-                     CampaignTables)
+from .tables import BATCH_COLUMNS, FILE_NAMES, MEDIA_COLUMNS, VARIABLE_COLUMNS, CampaignTables
 from .units import UnitConversionError, convert, parse_unit
 from .variables import CANONICAL_VARIABLES, VariableSpec, lookup, suggest
 

@@ -20,7 +20,7 @@ from .._atomic import atomic_folder
 from .build import campaign_from_tables
 from .campaign import Campaign
 from .errors import CampaignValidationError, Problem, ProblemCollector
-from .tables import (EVENT_COLUMNS, FILE_NAMES, MEDIA_COLUMNS, VARIABLE_COLUMNS, CampaignTables)
+from .tables import EVENT_COLUMNS, FILE_NAMES, MEDIA_COLUMNS, VARIABLE_COLUMNS, CampaignTables
 
 __all__ = ["read_campaign", "read_tables", "write_campaign", "write_tables", "FOLDER_FORMAT_VERSION"]
 

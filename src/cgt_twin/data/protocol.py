@@ -20,7 +20,7 @@ from .variables import VariableSpec, lookup, suggest
 __all__ = ["EventKind", "Event", "Medium", "Protocol", "EVENT_ORDER", "amount_unit"]
 
 
-class EventKind(str, enum.Enum):
+class EventKind(str, enum.Enum):  # noqa: UP042 (StrEnum would change str(kind), which messages use)
     """The kinds of event; the value is the name used in ``events.csv``."""
 
     BOLUS = "bolus"  # volume of a medium (L), or an amount of one species (canonical concentration unit x L)

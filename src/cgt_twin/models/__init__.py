@@ -5,8 +5,8 @@ from .cho import CHOFedBatch
 from .covariates import CovariateEncoding
 from .hek293 import HEK293Lentivirus, HEK293TripleTransfection
 from .kinetics import AbstractKinetics, Inputs, InternalState, Rates, StateLayout
-from .tcell import TCellExpansion
 from .parameters import Parameter, defaults, from_unconstrained, read_parameter_file, to_unconstrained
+from .tcell import TCellExpansion
 from .twin import Twin
 
 __all__ = ["AbstractKinetics", "CHOFedBatch", "CovariateEncoding", "EventCode", "HEK293Lentivirus", "HEK293TripleTransfection", "Inputs", "InternalState", "Parameter", "Rates",

@@ -27,7 +27,7 @@ class Twin(eqx.Module):
     """
 
     kinetics: AbstractKinetics
-    params: dict[str, Float[Array, "..."]]
+    params: dict[str, Float[Array, ...]]
     noise_items: tuple[tuple[str, tuple[float, float]], ...] = eqx.field(static=True)
 
     def __init__(self, kinetics: AbstractKinetics, params: Mapping[str, float] | None = None,

@@ -542,7 +542,7 @@ def read_cdppy(path: str | os.PathLike) -> CampaignTables:
             if record[role] is not None and record[role] < 0:
                 problems.add(file, f"negative value {record[role]!r}", row=row_number, batch=batch,
                              column=_col(ex[role]))
-        for header, (index, value, _present) in record["feeds"].items():
+        for index, value, _present in record["feeds"].values():
             if value is not None and value < 0:
                 problems.add(file, f"negative feed volume {value!r}", row=row_number, batch=batch,
                              column=_col(index))
@@ -673,7 +673,8 @@ def read_cdppy(path: str | os.PathLike) -> CampaignTables:
             t = (r["timestamp"] - start).total_seconds() / 3600.0
             stamp = _iso(r["timestamp"])
 
-            def add(variable: str, value: float | None, unit: str, phase: str, t=t, stamp=stamp) -> None:
+            def add(variable: str, value: float | None, unit: str, phase: str, t=t, stamp=stamp,
+                    batch=batch, run_measurements=run_measurements) -> None:
                 if value is None:
                     return
                 run_measurements.append({"batch": batch, "time_h": t, "variable": variable, "value": value,
@@ -849,7 +850,7 @@ def read_cdppy(path: str | os.PathLike) -> CampaignTables:
                       "description": f"{header} (CDPpy column not in the canonical list)"}
                      for variable, (header, unit) in layout.unknown_analytes.items()]
     variables = pd.DataFrame(variable_rows, columns=list(VARIABLE_COLUMNS))
-    for variable, (header, _unit_) in layout.unknown_analytes.items():
+    for variable, (header, _) in layout.unknown_analytes.items():
         notes.append(f"Analyte column {header!r} is not a canonical variable: imported as {variable!r} and "
                      f"declared in the variables table.")
 

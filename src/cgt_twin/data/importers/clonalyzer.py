@@ -128,7 +128,7 @@ def _read_file(path: Path, problems: list[Problem]) -> _FileResult | None:
     for i, line in enumerate(lines[header_index + 1:], start=header_row + 1):
         if not any(c.strip() for c in line):
             continue
-        cell = lambda code: line[col[code]] if col[code] < len(line) else ""  # noqa: E731
+        cell = lambda code, line=line: line[col[code]] if col[code] < len(line) else ""  # noqa: E731
         clone = cell("Clone").strip()
         if not clone:
             problems.append(_problem(path, "empty clone", row=i, column="Clone"))

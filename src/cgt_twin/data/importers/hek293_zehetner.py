@@ -491,7 +491,7 @@ def _read_hek_data(path: Path, out: _Collector, problems: list[Problem], notes: 
         times = raw["Timepoint"][1][1:21]
         for cond in CONDITIONS:
             values = raw[cond][1][1:21]
-            for j, (t, v) in enumerate(zip(times, values)):
+            for j, (t, v) in enumerate(zip(times, values, strict=True)):
                 if not isinstance(t, (int, float)) or not isinstance(v, (int, float)):
                     continue
                 checked += 1
