@@ -17,6 +17,7 @@ help:
 	@echo "make demo       run the demo on bundled (or ../shared) data"
 	@echo "make test       install if needed, then run the full test suite"
 	@echo "make test-fast  the quick tier (skips tests marked slow)"
+	@echo "make lint       ruff over src, benchmarks and tests (part of make test)"
 	@echo "make docs       build the documentation site (mkdocs --strict) into site/"
 	@echo "make bench      run every benchmark, print figures with peer ratios, rewrite benchmarks/README.md"
 
@@ -31,7 +32,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/cgt-twin demo --out demo_out
 
-test: $(STAMP)
+test: $(STAMP) lint
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=15 -m "not extended" tests
 
 test-fast: $(STAMP)
@@ -39,6 +40,9 @@ test-fast: $(STAMP)
 
 test-extended: $(STAMP)
 	$(PY) -m pytest --durations=15 -m extended tests
+
+lint: $(STAMP)
+	$(PY) -m ruff check src benchmarks tests
 
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
