@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from typing import ClassVar
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -490,6 +491,23 @@ def test_one_batch_path_equals_the_vmapped_solve(params_per_batch):
     for got, want in zip(fast, vmapped, strict=True):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-13, atol=1e-13, equal_nan=True)
     assert int(fast[2][0]) == 0 and int(fast[3][0]) > 0  # status ok, steps taken
+
+
+class _TaggedCHO(CHOFedBatch):
+    """A user's kinetics with a dict field: an equinox module that Python cannot hash."""
+
+    tags: dict = eqx.field(default_factory=lambda: {"source": "test"})
+
+
+def test_kinetics_with_unhashable_fields_solves_like_its_base():
+    """The compiled solve is cached by the kinetics' tree structure and leaves, not by hashing the module itself."""
+    with pytest.raises(TypeError):
+        hash(_TaggedCHO())
+    protocol = {"a": _cho_fed_batch()}
+    base = simulate(CHOFedBatch(), protocol, CHO_GRID[::8], settings=CHO_SETTINGS)
+    tagged = simulate(_TaggedCHO(), protocol, CHO_GRID[::8], settings=CHO_SETTINGS)
+    assert list(tagged.status.values) == ["ok"]
+    np.testing.assert_array_equal(tagged.glucose.values, base.glucose.values)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -318,27 +318,27 @@ def _solve_batches(kinetics: AbstractKinetics, settings: SolverSettings, params,
     """All batches at once: one `vmap` of the segmented solve (one compilation per model structure, settings and
     shape), through `_batch_solver`. Returns ``(pre, post, status, steps)`` as `_solve_one`, with a leading batch axis.
     """
-    if any(eqx.is_array(leaf) for leaf in jax.tree.leaves(kinetics)):  # e.g. a neural residual's weights
-        dynamic, static = eqx.partition(kinetics, eqx.is_array)
-    else:  # a mechanistic model is all structure (and skips the partition's 13 µs)
-        dynamic, static = None, kinetics
-    return _batch_solver(static, settings, bool(params_per_batch))(dynamic, params, encoded)
+    leaves, structure = jax.tree.flatten(kinetics)
+    arrays = [leaf if eqx.is_array(leaf) else None for leaf in leaves]  # e.g. a neural residual's weights
+    others = tuple(None if eqx.is_array(leaf) else leaf for leaf in leaves)
+    return _batch_solver(structure, others, settings, bool(params_per_batch))(arrays, params, encoded)
 
 
 @functools.lru_cache(maxsize=64)
-def _batch_solver(static_kinetics: AbstractKinetics, settings: SolverSettings, params_per_batch: bool):
-    """The compiled all-batches solve for one model structure (the kinetics without its arrays) and solver settings:
-    a `jax.jit` function of ``(the kinetics' arrays, params, encoded)``, kept here so that each call goes through
-    `jax.jit`'s own dispatch; `eqx.filter_jit` partitions and hashes every argument on every call (measured on the
-    14-day CHO benchmark, 2-core CPU: 65 µs more per call, a quarter of the solve).
+def _batch_solver(structure, others: tuple, settings: SolverSettings, params_per_batch: bool):
+    """The compiled all-batches solve for one model structure and solver settings: a `jax.jit` function of
+    ``(the kinetics' array leaves, params, encoded)``, cached by the kinetics' tree structure and its other leaves, so
+    that each call goes through `jax.jit`'s own dispatch; `eqx.filter_jit` partitions and hashes every argument on
+    every call (measured on the 14-day CHO benchmark, 2-core CPU: 65 µs more per call, a quarter of the solve).
 
     A single batch is solved without the `vmap`: a batched solve runs every segment's `lax.cond` as a select and
     every while loop in lock-step form, which for one batch only adds work (same benchmark: 0.32 ms vmapped, 0.24 ms
     without; from 3 batches on the `vmap` is the faster than a sequential `lax.map`, and far the faster for
     gradients)."""
 
-    def solve(dynamic, params, encoded: EncodedBatch):
-        kinetics = static_kinetics if dynamic is None else eqx.combine(dynamic, static_kinetics)
+    def solve(arrays, params, encoded: EncodedBatch):
+        leaves = [other if array is None else array for array, other in zip(arrays, others, strict=True)]
+        kinetics = jax.tree.unflatten(structure, leaves)
         if encoded.t0.shape[0] == 1:
             squeeze = lambda tree: jax.tree.map(lambda a: a[0], tree)  # noqa: E731
             one = _solve_one(kinetics, settings, squeeze(params) if params_per_batch else params, squeeze(encoded))
