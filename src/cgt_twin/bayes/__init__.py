@@ -8,19 +8,31 @@ posterior = sample(fit.twin, campaign, BayesConfig(hierarchical=("mu_max",), gro
                    NutsConfig(chains=4, warmup=500, draws=500), standard_errors=fit.standard_errors)
 print(posterior.report())
 bands = cgt_twin.predict.predict(fit.twin, campaign, posterior=posterior)
+# held parameters' uncertainty carried into the draws (Laplace correction): BayesConfig(held_uncertainty="laplace")
 ensemble = train_ensemble(hybrid_twin, campaign, n_members=5)     # the neural residual's uncertainty
 bands = cgt_twin.predict.predict(hybrid_twin, campaign, posterior=posterior, ensemble=ensemble)
 ```
 """
 
 from .ensemble import ENSEMBLE_FILES, ResidualEnsemble, ensemble_bands, ensemble_draws, train_ensemble
-from .inference import NutsConfig, gradient_times, laplace, potential, sample, sample_nuts, select_identifiable
+from .held import HELD_UNCERTAINTY, HeldCorrection
+from .inference import (
+    NutsConfig,
+    gradient_times,
+    held_correction,
+    laplace,
+    potential,
+    sample,
+    sample_nuts,
+    select_identifiable,
+)
 from .model import NUMERICAL_PARAMETERS, BayesConfig, Prior, TwinModel, build_model
 from .plots import plot_pairs, plot_predictive_bands, plot_trace
 from .posterior import POSTERIOR_FILES, THRESHOLDS, Posterior, PosteriorWarning
 from .predictive import BANDS, batch_parameter_draws, predictive_bands, predictive_draws
 
-__all__ = ["BANDS", "ENSEMBLE_FILES", "NUMERICAL_PARAMETERS", "POSTERIOR_FILES", "ResidualEnsemble", "ensemble_bands",
+__all__ = ["BANDS", "ENSEMBLE_FILES", "HELD_UNCERTAINTY", "HeldCorrection", "held_correction",
+           "NUMERICAL_PARAMETERS", "POSTERIOR_FILES", "ResidualEnsemble", "ensemble_bands",
            "ensemble_draws", "train_ensemble", "THRESHOLDS", "BayesConfig", "NutsConfig", "Posterior",
            "PosteriorWarning", "Prior", "TwinModel", "batch_parameter_draws", "build_model", "gradient_times", "laplace",
            "plot_pairs",

@@ -9,6 +9,7 @@ parameters = ["mu_max", "q_p"]      # omit: the identifiable subset
 hierarchical = ["mu_max"]
 group = "cell_line"
 group_tau = 0.2            # optional: the between-group spread fixed (few groups), not sampled
+held_uncertainty = "laplace"  # carry the held parameters' uncertainty into the draws ("none": hold them)
 [model.priors.mu_max]      # override a spec's log-normal prior (median in the spec's unit, sd of the log)
 median = 0.03
 sigma = 0.3

@@ -27,10 +27,12 @@ from numpyro.infer.util import ParamInfo, initialize_model, log_density
 from ..data.campaign import Campaign
 from ..data.errors import CampaignValidationError, Problem
 from ..models.twin import Twin
+from .held import HeldCorrection, laplace_correction
 from .model import FAILED_SOLVE_LOG_DENSITY, NUMERICAL_PARAMETERS, BayesConfig, TwinModel, build_model
 from .posterior import Posterior
 
-__all__ = ["NutsConfig", "sample_nuts", "laplace", "select_identifiable", "potential", "sample", "gradient_times"]
+__all__ = ["NutsConfig", "sample_nuts", "laplace", "select_identifiable", "potential", "sample", "gradient_times",
+           "held_correction"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,11 +178,39 @@ def select_identifiable(twin: Twin, campaign: Campaign, config: BayesConfig | No
     return tuple(chosen[: config.max_parameters])
 
 
+def held_correction(twin_model: TwinModel) -> HeldCorrection | None:
+    """The Laplace correction that carries the held parameters' uncertainty into the posterior (`cgt_twin.bayes.held`),
+    from the Hessian of the negative log posterior over the log of every candidate parameter at the twin's values
+    (`TwinModel.joint`: the curvature `select_identifiable` uses, prior included); None when the model carries
+    nothing (``held_uncertainty="none"`` or nothing held).
+
+    Raises:
+        CampaignValidationError: when the solve fails at the twin's values, or the curvature there is not finite or
+            not positive definite (naming the parameters concerned).
+    """
+    joint = twin_model.joint
+    if joint is None:
+        return None
+    x0, fn, _, _ = potential(joint)
+    names = list(joint.parameters)
+    value = float(jax.jit(fn)(x0))
+    if not math.isfinite(value) or value >= -0.5 * FAILED_SOLVE_LOG_DENSITY:
+        raise CampaignValidationError(Problem(
+            "held_uncertainty", f"the solve fails at the twin's values of {', '.join(names)}; the held parameters' "
+                                "curvature cannot be computed there"), header="cannot carry the held parameters' uncertainty")
+    order, _ = ravel_pytree({f"log_{n}": float(i) for i, n in enumerate(names)})
+    order = [names[int(i)] for i in np.asarray(order)]  # the flat vector's order (numpyro sorts the sites)
+    hessian = np.asarray(_hessian(fn, joint.forward_mode)(x0))
+    log_values = {n: float(x) for n, x in zip(order, np.asarray(x0), strict=True)}
+    bounds = {n: (float(joint.lower[i]), float(joint.upper[i])) for i, n in enumerate(names)}
+    return laplace_correction(hessian, order, twin_model.parameters, twin_model.carried, log_values, bounds)
+
+
 def _finish(twin_model: TwinModel, samples: dict, stats: dict, method: str, settings: dict,
-            seconds: float) -> Posterior:
+            seconds: float, correction: HeldCorrection | None = None, seed: int = 0) -> Posterior:
     return Posterior.from_samples(twin_model, {k: np.asarray(v) for k, v in samples.items()},
                                   {k: np.asarray(v) for k, v in stats.items()}, method=method, settings=settings,
-                                  seconds=seconds)
+                                  seconds=seconds, correction=correction, correction_seed=seed)
 
 
 def _value_and_grad(fn, forward: bool):
@@ -258,6 +288,7 @@ def laplace(twin_model: TwinModel, *, draws: int = 2000, seed: int = 0, newton_s
     too narrow for funnels (hierarchical spreads) — use NUTS there.
     """
     start = time.perf_counter()
+    correction = held_correction(twin_model)  # before the search: a bad curvature fails fast
     x, fn, unravel, postprocess = potential(twin_model, seed)
     x, hessian, value = _joint_mode(fn, x, twin_model.forward_mode, newton_steps)
     covariance = _covariance(hessian)
@@ -268,7 +299,7 @@ def laplace(twin_model: TwinModel, *, draws: int = 2000, seed: int = 0, newton_s
     samples = {k: np.asarray(v)[None] for k, v in constrained.items()}
     stats = {"potential_energy": np.asarray(jax.vmap(value_fn)(jnp.asarray(flat)))[None]}
     return _finish(twin_model, samples, stats, "laplace", {"draws": draws, "seed": seed, "mode_potential": value},
-                   time.perf_counter() - start)
+                   time.perf_counter() - start, correction, seed)
 
 
 def sample_nuts(twin_model: TwinModel, config: NutsConfig | None = None) -> Posterior:
@@ -281,6 +312,7 @@ def sample_nuts(twin_model: TwinModel, config: NutsConfig | None = None) -> Post
     if config.independent_batches:
         return _sample_batches_independently(twin_model, config)
     start = time.perf_counter()
+    correction = held_correction(twin_model)  # before sampling: a bad curvature fails in seconds, not after NUTS
     x0, fn, unravel, _ = potential(twin_model, config.seed)
     x0 = np.asarray(x0)
     if config.mode_steps > 0:
@@ -306,7 +338,8 @@ def sample_nuts(twin_model: TwinModel, config: NutsConfig | None = None) -> Post
     samples = mcmc.get_samples(group_by_chain=True)
     stats = mcmc.get_extra_fields(group_by_chain=True)
     settings = {**dataclasses.asdict(config), "forward_mode": twin_model.forward_mode}
-    return _finish(twin_model, samples, stats, "nuts", settings, time.perf_counter() - start)
+    return _finish(twin_model, samples, stats, "nuts", settings, time.perf_counter() - start, correction,
+                   config.seed)
 
 
 def _is_real(constraint) -> bool:

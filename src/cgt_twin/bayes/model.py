@@ -36,6 +36,7 @@ from ..fit.likelihood import negative_log_likelihood
 from ..fit.observations import ObservationData, align, observable_variables
 from ..models.twin import Twin
 from ..simulate import EncodedBatch, SolverSettings, _observe, _solve_batches, prepare
+from .held import HELD_UNCERTAINTY
 
 __all__ = ["Prior", "BayesConfig", "TwinModel", "build_model", "NUMERICAL_PARAMETERS"]
 
@@ -98,6 +99,15 @@ class BayesConfig:
         pooling: ``"partial"`` (one population value per parameter, hierarchical effects as configured) or
             ``"none"`` (every batch has its own independent values of the sampled parameters, each with the spec's
             prior: independent batches in one vectorised model, e.g. replicated datasets for calibration checks).
+        held_uncertainty: what the posterior says about the kinetic parameters held at the twin's values (every
+            positive, non-numerical parameter that is not sampled). ``"none"``: nothing — they are held, and the
+            sampled parameters' intervals are those of the posterior *given* them (too narrow when the held values
+            are a fit's: measured in benchmarks/bench_bayes.py, 9 of 30 true values inside their 95 % intervals).
+            ``"laplace"``: their uncertainty is carried into the draws by the linear-Gaussian (Laplace) correction
+            (`cgt_twin.bayes.held`): the Laplace covariance Σ of the log of every candidate parameter at the twin's
+            values (prior curvature included) gives each draw held log values log θ̂_h + δ_h, δ_h ~ N(0, Σ_hh), and
+            shifts its sampled population log values by Σ_sh Σ_hh⁻¹ δ_h — exact for a Gaussian joint posterior,
+            keeping the non-Gaussian shape NUTS found. Not for unpooled models (``pooling="none"``).
     """
 
     parameters: tuple[str, ...] | None = None
@@ -116,6 +126,7 @@ class BayesConfig:
     shrinkage: float = 0.5
     solver: SolverSettings = SolverSettings(max_steps=1024)
     pooling: str = "partial"
+    held_uncertainty: str = "none"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +149,9 @@ class TwinModel:
         init_values: a starting point for every sample site (the twin's values, zero effects).
         initial_values: held initial state (canonical unit) of each batch: (batch, state).
         forward_mode: whether the model's solver is set up for forward-mode differentiation.
+        joint: with ``config.held_uncertainty == "laplace"`` and some parameter held, the model over every candidate
+            kinetic parameter (the sampled and the carried held ones; noise fixed, no effects, no initial states) at
+            the twin's values, whose curvature gives the held parameters' Laplace correction; else None.
     """
 
     model: object
@@ -159,6 +173,14 @@ class TwinModel:
     forward_mode: bool
     observations: ObservationData = dataclasses.field(repr=False)
     encoded: EncodedBatch = dataclasses.field(repr=False)
+    joint: TwinModel | None = dataclasses.field(default=None, repr=False)
+
+    @property
+    def carried(self) -> tuple[str, ...]:
+        """Held parameters whose uncertainty the Laplace correction carries into the posterior (see `joint`)."""
+        if self.joint is None:
+            return ()
+        return tuple(p for p in self.joint.parameters if p not in self.parameters)
 
     @property
     def n_dims(self) -> int:
@@ -178,9 +200,11 @@ class TwinModel:
             parts.append(f"noise scale of {', '.join(self.variables)}")
         if self.config.initial_states:
             parts.append(f"initial {', '.join(self.config.initial_states)} per batch")
-        held = ", ".join(self.held) or "none"
+        fixed = [p for p in self.held if p not in self.carried]
         residual = "; neural residual held at its fitted weights" if hasattr(self.twin.kinetics, "residual") else ""
-        return "; ".join(parts) + f"; held at the twin's values: {held}{residual}"
+        carried = (f"; held at the twin's values while sampling, their uncertainty then carried into the draws by the "
+                   f"Laplace (linear-Gaussian) correction: {', '.join(self.carried)}" if self.carried else "")
+        return "; ".join(parts) + f"{carried}; held at the twin's values: {', '.join(fixed) or 'none'}{residual}"
 
 
 def _prior_of(spec, override: Prior | None) -> tuple[float, float, float, float]:
@@ -191,6 +215,13 @@ def _prior_of(spec, override: Prior | None) -> tuple[float, float, float, float]
     upper = spec.upper if override.upper is None else override.upper
     median = override.median
     return (math.log(median) if median > 0 else math.nan), float(override.sigma), lower, upper
+
+
+def _inside_support(spec, override: Prior | None, value: float) -> bool:
+    """Whether a value (spec unit) lies strictly inside the parameter's prior support (a fit pinned at a bound is
+    held there, not carried)."""
+    _, _, lower, upper = _prior_of(spec, override)
+    return math.isfinite(value) and value > 0 and lower < value < upper
 
 
 def _check(twin: Twin, campaign: Campaign, config: BayesConfig, parameters: Sequence[str],
@@ -251,6 +282,12 @@ def _check(twin: Twin, campaign: Campaign, config: BayesConfig, parameters: Sequ
         problems.append(Problem("pooling", f"must be 'partial' or 'none', got {config.pooling!r}"))
     if config.pooling == "none" and config.hierarchical:
         problems.append(Problem("pooling", "unpooled batches have no hierarchical effects"))
+    if config.held_uncertainty not in HELD_UNCERTAINTY:
+        problems.append(Problem("held_uncertainty", f"must be one of {', '.join(map(repr, HELD_UNCERTAINTY))}, got "
+                                                    f"{config.held_uncertainty!r}"))
+    elif config.held_uncertainty == "laplace" and config.pooling == "none":
+        problems.append(Problem("held_uncertainty", "the Laplace correction shifts population values; unpooled "
+                                                    "batches (pooling='none') have none: use held_uncertainty='none'"))
     if config.noise not in ("scale", "fixed"):
         problems.append(Problem("noise", f"must be 'scale' or 'fixed', got {config.noise!r}"))
     for state in config.initial_states:
@@ -443,9 +480,28 @@ def build_model(twin: Twin, campaign: Campaign, config: BayesConfig | None = Non
         init["log_initial"] = np.asarray(log_y0)
     if config.noise == "scale":
         init["noise_scale"] = np.zeros(len(variables))
+    joint = _joint_model(twin, campaign, config, parameters, batches, initial_states, forward_mode)
     return TwinModel(model, twin, config, tuple(parameters), held, tuple(batches), tuple(groups), group_levels,
                      tuple(variables), base_noise, prior_loc, prior_scale, lower, upper, init, y0, forward_mode,
-                     data, encoded)
+                     data, encoded, joint)
+
+
+def _joint_model(twin: Twin, campaign: Campaign, config: BayesConfig, parameters: Sequence[str],
+                 batches: Sequence[str], initial_states, forward_mode: bool) -> TwinModel | None:
+    """The model over the sampled and the carried held parameters at the twin's values, for the Laplace correction
+    (see `TwinModel.joint`): the curvature `select_identifiable` uses (noise fixed, no effects, held initial states),
+    or None when there is nothing to carry."""
+    if config.held_uncertainty != "laplace":
+        return None
+    carried = [p.name for p in twin.kinetics.parameters
+               if p.positive and p.name not in NUMERICAL_PARAMETERS and p.name not in parameters
+               and _inside_support(p, config.priors.get(p.name), float(np.asarray(twin.params[p.name])))]
+    if not carried:
+        return None
+    probe = dataclasses.replace(config, parameters=(*parameters, *carried), hierarchical=(), group=None,
+                                group_tau=None, noise="fixed", initial_states=(), held_uncertainty="none")
+    return build_model(twin, campaign, probe, batches=batches, initial_states=initial_states,
+                       forward_mode=forward_mode)
 
 
 def _predict(kinetics, settings: SolverSettings, per_batch_params, encoded: EncodedBatch, variables: Sequence[str]):

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .held import HeldCorrection, apply_correction
+
 __all__ = ["Posterior", "PosteriorWarning", "THRESHOLDS", "POSTERIOR_FILES"]
 
 THRESHOLDS: Mapping[str, float] = {
@@ -53,13 +55,16 @@ class Posterior:
         samples: sample site -> array (chain, draw, ...). Kinetic parameters are ``log_<name>`` (natural log of the
             value in the spec's unit); ``tau_batch`` / ``tau_group`` between-batch / between-group sds (log scale)
             of `hierarchical` parameters, ``z_batch`` / ``z_group`` their standardised effects; ``noise_scale`` the
-            log multiplier of each variable's noise; ``log_initial`` per-batch log initial states.
+            log multiplier of each variable's noise; ``log_initial`` per-batch log initial states. With the Laplace
+            correction of held parameters (``BayesConfig(held_uncertainty="laplace")``) the sampled ``log_<name>``
+            are the corrected draws and every carried held parameter has its own ``log_<name>`` (chain, draw).
         stats: sampler statistics per iteration (chain, draw): ``diverging``, ``num_steps``, ``energy``,
             ``accept_prob`` (NUTS); ``potential_energy`` (Laplace). (chain, draw, batch) when the batches were
             sampled independently (`NutsConfig.independent_batches`; the ``solver_failed`` draws too).
         meta: what was sampled and held (JSON-able): method, parameters, units, held values, hierarchical
             parameters, group covariate and levels, batches and their groups, variables and the base noise,
-            settings, run time.
+            settings, run time; ``held_uncertainty`` (with the correction): the carried parameters, their fit
+            values and log sds, the gain and the seed of their draws.
         diagnostics: computed diagnostics (see `THRESHOLDS`).
         problems: the diagnostics that missed their thresholds, in words.
     """
@@ -73,13 +78,20 @@ class Posterior:
     # --- construction --------------------------------------------------------------------------------------------
     @classmethod
     def from_samples(cls, twin_model, samples: Mapping[str, np.ndarray], stats: Mapping[str, np.ndarray], *,
-                     method: str, settings: Mapping, seconds: float, warn: bool = True) -> Posterior:
-        """Builds the posterior of a `TwinModel`'s draws and checks its diagnostics (warns when one fails)."""
+                     method: str, settings: Mapping, seconds: float, warn: bool = True,
+                     correction: HeldCorrection | None = None, correction_seed: int = 0) -> Posterior:
+        """Builds the posterior of a `TwinModel`'s draws and checks its diagnostics (warns when one fails).
+
+        With a `correction` (`cgt_twin.bayes.held`), the diagnostics are those of the sampler's own (conditional)
+        draws; the draws kept are the corrected ones, with a ``log_<name>`` site for every carried parameter, drawn
+        from `correction_seed`."""
         specs = {p.name: p for p in twin_model.twin.kinetics.parameters}
         config = twin_model.config
+        carried = set(correction.held) if correction is not None else set()
         meta = {"method": method, "parameters": list(twin_model.parameters),
                 "units": {p.name: p.unit for p in twin_model.twin.kinetics.parameters},
-                "held": dict(twin_model.held), "hierarchical": list(config.hierarchical), "group": config.group,
+                "held": {k: v for k, v in twin_model.held.items() if k not in carried},
+                "hierarchical": list(config.hierarchical), "group": config.group,
                 "group_levels": list(twin_model.group_levels), "batches": list(twin_model.batches),
                 "groups": list(twin_model.groups), "variables": list(twin_model.variables),
                 "base_noise": {k: list(v) for k, v in twin_model.base_noise.items()},
@@ -91,7 +103,11 @@ class Posterior:
                 "description": twin_model.describe()}
         posterior = cls(dict(samples), dict(stats), meta)
         diagnostics, problems = posterior._diagnose()
-        posterior = dataclasses.replace(posterior, diagnostics=diagnostics, problems=tuple(problems))
+        if correction is not None:
+            meta["held_uncertainty"] = correction.to_meta(correction_seed)
+            samples = apply_correction(samples, correction, correction_seed)
+        posterior = dataclasses.replace(posterior, samples=dict(samples), diagnostics=diagnostics,
+                                        problems=tuple(problems))
         if warn and problems:
             warnings.warn(PosteriorWarning("posterior diagnostics failed: " + "; ".join(problems)), stacklevel=3)
         return posterior
@@ -108,8 +124,16 @@ class Posterior:
 
     @property
     def held(self) -> dict[str, float]:
-        """Kinetic parameters held at the twin's values (spec units)."""
+        """Kinetic parameters held fixed at the twin's values (spec units): the same value in every draw. Parameters
+        whose uncertainty the Laplace correction carried are not among them (see `carried`)."""
         return dict(self.meta["held"])
+
+    @property
+    def carried(self) -> dict[str, float]:
+        """Parameters held at the twin's values while sampling whose uncertainty the Laplace correction carried into
+        the draws (``BayesConfig(held_uncertainty="laplace")``): name -> the fit's value (spec units); each draw has
+        its own value, site ``log_<name>``. Empty without the correction."""
+        return dict(self.meta.get("held_uncertainty", {}).get("fit", {}))
 
     @property
     def n_chains(self) -> int:
@@ -129,11 +153,17 @@ class Posterior:
         """Population values of the sampled parameters (spec units), chains merged: name -> (n,)."""
         return {p: np.exp(self.flat(f"log_{p}")) for p in self.parameters}  # (n,) or (n, batch) unpooled
 
+    def carried_values(self) -> dict[str, np.ndarray]:
+        """Each draw's value of the parameters the Laplace correction carried (spec units), chains merged:
+        name -> (n,); empty without the correction."""
+        return {p: np.exp(self.flat(f"log_{p}")) for p in self.carried}
+
     # --- diagnostics -------------------------------------------------------------------------------------------
     @property
     def sampled_sites(self) -> list[str]:
-        """Sites with draws (not the solver-failure flag, not a spread fixed by the configuration)."""
-        fixed = {"solver_failed", *self.meta.get("fixed_sites", ())}
+        """Sites the sampler drew (not the solver-failure flag, not a spread fixed by the configuration, not the
+        carried parameters' draws of the Laplace correction)."""
+        fixed = {"solver_failed", *self.meta.get("fixed_sites", ()), *(f"log_{p}" for p in self.carried)}
         return [k for k in self.samples if k not in fixed]
 
     def _diagnose(self) -> tuple[dict, list[str]]:
@@ -198,7 +228,7 @@ class Posterior:
 
         posterior = {k: v for k, v in self.samples.items() if k != "solver_failed"}
         dims, coords = {}, {"batch": self.meta["batches"]}
-        for p in self.parameters:
+        for p in (*self.parameters, *self.carried):
             posterior[p] = np.exp(self.samples[f"log_{p}"])
             if posterior[p].ndim == 3:
                 dims[p] = dims[f"log_{p}"] = ["batch"]
@@ -228,15 +258,16 @@ class Posterior:
         dims.update({k: ["batch"] for k, v in stats.items() if v.ndim == 3})  # batches sampled independently
         idata = az.from_dict(posterior=posterior, sample_stats=stats or None, coords=coords, dims=dims,
                              attrs={"method": self.method, "description": self.meta.get("description", ""),
-                                    "held": json.dumps(self.meta["held"])})
+                                    "held": json.dumps(self.meta["held"]),
+                                    "held_uncertainty": json.dumps(self.meta.get("held_uncertainty", {}))})
         return idata
 
     def summary(self, var_names: list[str] | None = None):
-        """`arviz.summary` (mean, sd, HDI, R-hat, bulk/tail ESS) of the sampled parameters (spec units), the spreads
-        and the noise scales by default."""
+        """`arviz.summary` (mean, sd, HDI, R-hat, bulk/tail ESS) of the sampled parameters (spec units), the carried
+        held parameters (Laplace correction), the spreads and the noise scales by default."""
         import arviz as az
 
-        names = var_names or [*self.parameters, *[k for k in ("tau_batch", "tau_group", "noise_scale")
+        names = var_names or [*self.parameters, *self.carried, *[k for k in ("tau_batch", "tau_group", "noise_scale")
                                                   if k in self.sampled_sites]]
         return az.summary(self.to_arviz(), var_names=names, kind="all" if self.method == "nuts" else "stats")
 
@@ -245,6 +276,11 @@ class Posterior:
         d = self.diagnostics
         lines = [f"posterior by {self.method}: {self.n_chains} chain(s) × {self.n_draws} draws",
                  self.meta.get("description", "")]
+        if self.carried:
+            sds = self.meta["held_uncertainty"]["log_sd"]
+            lines.append("held parameters' uncertainty carried by the Laplace correction (log sd at the fit): "
+                         + ", ".join(f"{p} {sds[p]:.3g}" for p in self.carried)
+                         + "; diagnostics are those of the sampler's draws before the correction")
         if self.method == "nuts":
             lines.append(f"R-hat max {d['r_hat_max']:.3f}; ESS bulk min {d['ess_bulk_min']:.0f}, tail min "
                          f"{d['ess_tail_min']:.0f}; divergences {d['divergences']}; E-BFMI min "
@@ -254,8 +290,9 @@ class Posterior:
         return "\n".join(lines)
 
     def __repr__(self) -> str:
-        return (f"Posterior({self.method}, {self.n_chains}×{self.n_draws} draws, sampled {list(self.parameters)}, "
-                f"{'ok' if not self.problems else 'diagnostics failed'})")
+        carried = f", carried by the Laplace correction {list(self.carried)}" if self.carried else ""
+        return (f"Posterior({self.method}, {self.n_chains}×{self.n_draws} draws, sampled {list(self.parameters)}"
+                f"{carried}, {'ok' if not self.problems else 'diagnostics failed'})")
 
     def _repr_html_(self) -> str:
         from .._html import posterior_html

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..data.errors import CampaignValidationError, Problem
 from ..data.variables import CANONICAL_VARIABLES
 from ..models.twin import Twin
 from ..simulate import Prepared, SolverSettings, _observe, _scatter, _solve_batches
@@ -32,7 +33,8 @@ def batch_parameter_draws(posterior: Posterior, twin: Twin, batches: Sequence[st
     """Parameter values (spec units) of each draw for each batch.
 
     Returns:
-        ``(values, index, kinds)``: name -> (draw, batch) for every parameter of the twin (held ones repeated); the
+        ``(values, index, kinds)``: name -> (draw, batch) for every parameter of the twin (parameters held fixed
+        repeated; those the Laplace correction carried, `Posterior.carried`, with each draw's own value); the
         indices of the posterior draws used; batch -> ``"conditioned"`` / ``"new batch, known group"`` /
         ``"new batch, new group"`` / ``"population"`` (no hierarchical effects).
     """
@@ -45,6 +47,12 @@ def batch_parameter_draws(posterior: Posterior, twin: Twin, batches: Sequence[st
     known = list(meta["batches"])
     levels = list(meta["group_levels"])
     values = {k: np.broadcast_to(float(np.asarray(v)), (n, len(batches))).copy() for k, v in twin.params.items()}
+    foreign = [p for p in posterior.carried if p not in values]
+    if foreign:
+        raise CampaignValidationError(Problem("posterior", f"the posterior carries draws of {foreign}, which this twin "
+                                                           "does not have: it belongs to another model"))
+    for p in posterior.carried:  # each draw's own value, the same in every batch (no effects)
+        values[p] = np.repeat(np.exp(posterior.flat(f"log_{p}")[index])[:, None], len(batches), axis=1)
     kinds = {}
     for p in posterior.parameters:
         draws = posterior.flat(f"log_{p}")[index]
