@@ -9,13 +9,15 @@ Measures, on a synthetic CHO fed-batch campaign made from `CHOFedBatch` at its d
    the share of sampled true parameters inside their 95 % credible interval over repeated datasets (the unsampled
    parameters held at each dataset's fit, as a user gets them, over 5 datasets, and at the truth, which checks
    likelihood and sampler alone, over 10; `--repeat-held fit-likelihood` holds them at the fit with data drawn with
-   the likelihood's noise, which separates the two causes of the first variant's shortfall);
+   the likelihood's noise, which separates the two causes of the first variant's shortfall; `fit-laplace` and
+   `fit-likelihood-laplace` carry the held parameters' uncertainty into the draws by the Laplace correction);
 4. Laplace vs NUTS predictive band widths side by side;
 5. (full run only) NUTS on all 12 kinetic parameters, and the UMN CHO runs with a cell-line grouping when
    ../shared/datasets is present.
 
 Run: ``python benchmarks/bench_bayes.py [--quick] [--parts subset,repeats,all] [--repeats N]
-[--repeat-sizes CHAINS,WARMUP,DRAWS] [--repeat-held fit,truth] [--max-tree-depth D] [--json out.json]``
+[--repeat-sizes CHAINS,WARMUP,DRAWS] [--repeat-held fit,truth] [--held-uncertainty none|laplace]
+[--max-tree-depth D] [--json out.json]``
 (each part prints its figures as it finishes). `run(quick)` returns figure records
 ``{"name", "value", "unit", "peer", "ratio", "target", "met"}``. Timings are the machine's; `--quick` shrinks chains,
 draws and repetitions (its figures are not the issue's targets).
@@ -134,19 +136,24 @@ def _faster_mode(twin, campaign, config, train) -> tuple[bool, dict]:
 
 PARTS = ("subset", "repeats", "all")
 """subset: 1, 2, 3a and 4 above; repeats: 3b; all: 5."""
-HELD = {"fit": "fit", "truth": "truth", "fit-likelihood": "fit, data with the likelihood's noise"}
+HELD = {"fit": "fit", "truth": "truth", "fit-likelihood": "fit, data with the likelihood's noise",
+        "fit-laplace": "fit, their uncertainty carried by the Laplace correction",
+        "fit-likelihood-laplace": "fit, data with the likelihood's noise, their uncertainty carried by the Laplace "
+                                  "correction"}
 """The repeats' variants (where the unsampled parameters are held) and how the records name them."""
 
 
 def run(quick: bool = False, parts: tuple[str, ...] = PARTS, repeats: int | None = None,
         repeat_sizes: tuple[int, int, int] | None = None, max_tree_depth: int = 6,
-        repeat_held: tuple[str, ...] = ("fit", "truth")) -> list[dict]:
+        repeat_held: tuple[str, ...] = ("fit", "truth"), held_uncertainty: str = "none") -> list[dict]:
     """The figures of the chosen parts; `repeat_sizes` = (chains, warm-up, draws) of each repeated dataset's run
     (default 2 x (200 + 200): 800 draws place a 95 % interval's ends well enough for a hit-or-miss count, at a fifth
     of the subset run's cost); `repeat_held`: where the unsampled parameters are held in the repeats (``fit``,
     ``truth``); `max_tree_depth` of the all-parameter run (6, at most 63 leapfrog steps an iteration: the setting
     under which it has finished, 1 811 s on session 9's machine; at NumPyro's default of 10 a sloppy kinetic model
-    takes up to 1 023 steps an iteration, the issue's observation, and that run has not been made)."""
+    takes up to 1 023 steps an iteration, the issue's observation, and that run has not been made);
+    `held_uncertainty` of the subset part (``"laplace"``: the held parameters' uncertainty carried into its draws;
+    its records then say so)."""
     from cgt_twin.bayes import BayesConfig, select_identifiable
 
     warnings.simplefilter("ignore")
@@ -171,13 +178,17 @@ def run(quick: bool = False, parts: tuple[str, ...] = PARTS, repeats: int | None
     if "subset" in parts or "repeats" in parts:  # both sample this subset in the faster mode, timed once here
         forward, times = _faster_mode(fit.twin, campaign, config, train)
     if "subset" in parts:
-        records += _subset(fit, campaign, config, train, holdout, chains, warmup, draws, len(chosen), quick, times)
+        subset = _subset(fit, campaign, dataclasses.replace(config, held_uncertainty=held_uncertainty), train,
+                         holdout, chains, warmup, draws, len(chosen), quick, times)
+        if held_uncertainty != "none":
+            subset = [{**r, "name": f"{r['name']} [held parameters' uncertainty: {held_uncertainty}]"} for r in subset]
+        records += subset
         _show(records)
     if "repeats" in parts:
         rc, rw, rd = repeat_sizes or ((2, 50, 50) if quick else (2, 200, 200))
         for held in repeat_held:
             records += _repeats(truth_twin, config, train, holdout, rc, rw, rd, count(held), forward, held)
-            _show(records[-3:])
+            _show(records[-(4 if held.endswith("-laplace") else 3):])
     if "all" in parts and not quick:
         records += _all_parameters(truth_twin, fit, campaign, train, chains, warmup, draws, max_tree_depth)
         _show(records[-5:])
@@ -240,18 +251,23 @@ def _repeats(truth_twin, config, train, holdout, chains, warmup, draws, repeats,
     data. ``held="truth"``: the exact conditional posterior — data drawn with the likelihood's own noise model, and
     noise, initial states and unsampled parameters at the truth — which checks the likelihood and the sampler alone.
     ``held="fit-likelihood"``: as ``"fit"``, but the data drawn with the likelihood's noise model: what is left of the
-    shortfall once the noise model is right, i.e. what holding parameters and initial states at a fit costs."""
+    shortfall once the noise model is right, i.e. what holding parameters and initial states at a fit costs.
+    ``"fit-laplace"`` / ``"fit-likelihood-laplace"``: as ``"fit"`` / ``"fit-likelihood"``, with the held parameters'
+    uncertainty carried into the draws by the Laplace correction (``BayesConfig(held_uncertainty="laplace")``); the
+    carried parameters' own intervals are counted apart (they are the Laplace marginals at the fit, not NUTS's)."""
     from cgt_twin.bayes import NutsConfig, build_model, sample_nuts
 
-    hits = n = 0
+    config = dataclasses.replace(config, held_uncertainty="laplace" if held.endswith("-laplace") else "none")
+    fitted = held.removesuffix("-laplace")
+    hits = n = carried_hits = carried_n = 0
     truth = {k: float(v) for k, v in truth_twin.params.items()}
     start = time.perf_counter()
     worst_r_hat = 0.0
     initial_states = true_initial_states()
     for r in range(repeats):
-        if held in ("fit", "fit-likelihood"):
-            twin_r, data = cho_campaign(seed=100 + r, likelihood_noise=held == "fit-likelihood")
-            if held == "fit-likelihood":
+        if fitted in ("fit", "fit-likelihood"):
+            twin_r, data = cho_campaign(seed=100 + r, likelihood_noise=fitted == "fit-likelihood")
+            if fitted == "fit-likelihood":
                 data = _first_samples_floored(data)
             model_r = build_model(_fit(twin_r, data, (holdout,)).twin, data, config, batches=train,
                                   forward_mode=forward)
@@ -269,9 +285,14 @@ def _repeats(truth_twin, config, train, holdout, chains, warmup, draws, repeats,
                 missed.append(f"{p} {truth[p]:.4g} outside [{low:.4g}, {high:.4g}]")
         hits += sum(inside)
         n += len(inside)
+        carried = [bool(low <= truth[p] <= high) for p, values in post.carried_values().items()
+                   for low, high in [np.quantile(values, [0.025, 0.975])]]
+        carried_hits += sum(carried)
+        carried_n += len(carried)
         print(f"  dataset {r + 1}/{repeats}: {sum(inside)}/{len(inside)} true values inside, R-hat max "
               f"{post.diagnostics['r_hat_max']:.3f}, {time.perf_counter() - start:.0f} s so far"
-              + (f"; missed: {'; '.join(missed)}" if missed else ""), flush=True)
+              + (f"; missed: {'; '.join(missed)}" if missed else "")
+              + (f"; carried parameters: {sum(carried)}/{len(carried)} inside" if carried else ""), flush=True)
     share = hits / max(n, 1)
     # the binomial 95 % range of the share for n independent intervals at 95 % (parameters of one dataset are
     # correlated, so the real spread is wider)
@@ -281,7 +302,9 @@ def _repeats(truth_twin, config, train, holdout, chains, warmup, draws, repeats,
                     f"each, other parameters held at the {label})", 100 * share, "%", f"about 95 % ({100 * (0.95 - half):.0f}-{100 * min(0.95 + half, 1):.0f} "
                     f"% for {n} intervals)", bool(abs(share - 0.95) <= half)),
             _record(f"R-hat max over the repeated datasets (held at the {label})", worst_r_hat, "1"),
-            _record(f"repeated datasets, total time (held at the {label})", time.perf_counter() - start, "s")]
+            _record(f"repeated datasets, total time (held at the {label})", time.perf_counter() - start, "s"),
+            *([_record(f"true values of the carried parameters inside their 95 % intervals (held at the {label})",
+                       100 * carried_hits / carried_n, "%")] if carried_n else [])]
 
 
 def _all_parameters(truth_twin, fit, campaign, train, chains, warmup, draws, max_tree_depth) -> list[dict]:
@@ -315,7 +338,11 @@ def main() -> None:
     parser.add_argument("--repeat-sizes", help="chains,warmup,draws of each repeated dataset (default 2,200,200; quick 2,50,50)")
     parser.add_argument("--repeat-held", default="fit,truth",
                         help="where the unsampled parameters are held in the repeats (comma-separated): fit, truth "
-                             "(default: both) or fit-likelihood (at the fit, data with the likelihood's noise)")
+                             "(default: both), fit-likelihood (at the fit, data with the likelihood's noise), "
+                             "fit-laplace or fit-likelihood-laplace (as fit / fit-likelihood, the held parameters' "
+                             "uncertainty carried by the Laplace correction)")
+    parser.add_argument("--held-uncertainty", default="none", choices=("none", "laplace"),
+                        help="of the subset part: laplace carries the held parameters' uncertainty into its draws")
     parser.add_argument("--max-tree-depth", type=int, default=6, help="of the all-parameter run (default 6)")
     args = parser.parse_args()
     parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
@@ -332,7 +359,7 @@ def main() -> None:
     held = tuple(h.strip() for h in args.repeat_held.split(",") if h.strip())
     if not held or set(held) - set(HELD):
         parser.error(f"--repeat-held must name some of {', '.join(HELD)}, got {args.repeat_held!r}")
-    records = run(args.quick, parts, args.repeats, sizes, args.max_tree_depth, held)
+    records = run(args.quick, parts, args.repeats, sizes, args.max_tree_depth, held, args.held_uncertainty)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump({"machine": platform.machine(), "cpus": os.cpu_count(), "records": records}, handle, indent=2)
