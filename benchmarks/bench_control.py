@@ -15,9 +15,10 @@ What is measured (``python benchmarks/bench_control.py [--quick] [--json FILE]``
    robust multi-stage MPC with 9 scenarios (μ_max × q_P at the posterior's 5 / 50 / 95 % quantiles).
 4. Closed loop on the plant (process noise, measurement noise, a 2 h measurement delay), several plant draws:
    (a) the standard schedule, (b) nominal MPC, (c) MPC over 64 posterior draws (chance constraint at 95 %, and
-   again at 99 %), and do-mpc nominal and 9-scenario on the same predictor's mean state; do-mpc's 9-scenario MPC
-   again with a fixed back-off (planning at 4 and 5 mM), to compare (c) with the peer at equal safety: the best
-   do-mpc run with no more violation hours than (c). Apart from those, every controller plans against the process
+   again at 99 % and 90 %: points of its titre-against-violations trade-off), and do-mpc nominal and 9-scenario on
+   the same predictor's mean state; do-mpc's 9-scenario MPC again with a fixed back-off (planning at 3, 4 and 5 mM),
+   the points of its trade-off, to compare (c) with the peer at equal safety: the best do-mpc run with no more
+   violation hours than (c). Apart from those, every controller plans against the process
    limit it is judged by, glucose ≥ 2 mM, so that the only back-off is what a controller derives from the twin's
    uncertainty (the chance constraint over posterior draws in (c), the 9 scenarios in do-mpc's robust MPC);
    `--planning-glucose-min 3` adds a fixed 1 mM back-off for every controller. Reported: final titre, harvested
@@ -52,10 +53,12 @@ FEED_COST = 0.0
 OBJECTIVE = "titer"  # final titre, mg/L (the closed-loop target is on titre); "product" = titre × volume
 OBJECTIVE_UNIT = "mg/L" if OBJECTIVE == "titer" else "mg"
 ROBUST_99 = "(c) MPC over posterior draws, 99 %"  # (c) again, its chance constraint at 99 % of draws
+# (c) again at 90 %: a point of our titre-against-violations trade-off, as the back-offs are of do-mpc's (no targets)
+LOOSE_90 = "(c) MPC over posterior draws, 90 %"
 DOMPC_9 = "do-mpc 9 scenarios"
 # mM: do-mpc's 9-scenario MPC again, planning against these glucose limits (a fixed back-off above the judged 2 mM): the
 # peer at equal safety, since its 9 scenarios alone leave the limit broken for hours (benchmarks/README.md)
-DOMPC_BACKOFFS = (4.0, 5.0)
+DOMPC_BACKOFFS = (3.0, 4.0, 5.0)
 
 
 def _median_ms(samples) -> float:
@@ -217,8 +220,9 @@ def measure_closed_loop(twin, posterior, quick: bool, planning_glucose_min: floa
                   feed_cost=FEED_COST, max_evaluations=15, time_budget_s=20.0)
     strategies = {"(a) standard": None, "(b) nominal MPC": MPCConfig(n_draws=1, **common),
                   "(c) MPC over posterior draws": MPCConfig(n_draws=16 if quick else 64, **common)}
-    if not quick:  # the same controller with the chance constraint at 99 % (see benchmarks/README.md)
+    if not quick:  # the same controller with the chance constraint at 99 % and 90 % (see benchmarks/README.md)
         strategies[ROBUST_99] = MPCConfig(n_draws=64, **{**common, "probability": 0.99})
+        strategies[LOOSE_90] = MPCConfig(n_draws=64, **{**common, "probability": 0.90})
     try:
         import do_mpc  # noqa: F401
 
