@@ -166,6 +166,7 @@ def test_saved_and_loaded_with_the_twin(toy, corrected, tmp_path):
     np.testing.assert_array_equal(loaded.samples["log_k_d"], posterior.samples["log_k_d"])
     np.testing.assert_array_equal(loaded.samples["log_mu_max"], posterior.samples["log_mu_max"])
     assert loaded.meta["held_uncertainty"] == posterior.meta["held_uncertainty"]
+    assert loaded.meta["held_uncertainty"]["seconds"] > 0 and "computed in" in loaded.report()
     idata = loaded.to_arviz()
     assert "k_d" in idata.posterior and float(idata.posterior["k_d"].std()) > 0
     assert "k_d" in loaded.summary().index

@@ -41,6 +41,7 @@ class HeldCorrection:
         gain: B = Σ_sh Σ_hh⁻¹, (sampled, held): the shift of the sampled log values per unit of δ_h.
         covariance: Σ_hh, the Laplace covariance of the held log values (held, held).
         bounds: parameter -> (log lower, log upper) of its prior support; corrected draws are kept inside.
+        seconds: wall time of computing the correction (the Hessian, compilation included), s.
     """
 
     sampled: tuple[str, ...]
@@ -49,6 +50,7 @@ class HeldCorrection:
     gain: np.ndarray
     covariance: np.ndarray
     bounds: Mapping[str, tuple[float, float]]
+    seconds: float = 0.0
 
     @property
     def log_sd(self) -> dict[str, float]:
@@ -56,13 +58,14 @@ class HeldCorrection:
         return {h: float(np.sqrt(self.covariance[i, i])) for i, h in enumerate(self.held)}
 
     def to_meta(self, seed: int) -> dict:
-        """What the posterior records (JSON-able): method, parameters, fit values (spec units), log sds, gain, seed."""
+        """What the posterior records (JSON-able): method, parameters, fit values (spec units), log sds, gain, seed,
+        the time the correction took (s)."""
         return {"method": "laplace", "parameters": list(self.held), "sampled": list(self.sampled),
                 "fit": {h: float(np.exp(self.centre[i])) for i, h in enumerate(self.held)},
                 "log_sd": self.log_sd,
                 "gain": {s: {h: float(self.gain[j, i]) for i, h in enumerate(self.held)}
                          for j, s in enumerate(self.sampled)},
-                "seed": int(seed)}
+                "seed": int(seed), "seconds": float(self.seconds)}
 
 
 def _fail(message: str):

@@ -191,19 +191,21 @@ def held_correction(twin_model: TwinModel) -> HeldCorrection | None:
     joint = twin_model.joint
     if joint is None:
         return None
+    start = time.perf_counter()
     x0, fn, _, _ = potential(joint)
     names = list(joint.parameters)
     value = float(jax.jit(fn)(x0))
     if not math.isfinite(value) or value >= -0.5 * FAILED_SOLVE_LOG_DENSITY:
-        raise CampaignValidationError(Problem(
-            "held_uncertainty", f"the solve fails at the twin's values of {', '.join(names)}; the held parameters' "
-                                "curvature cannot be computed there"), header="cannot carry the held parameters' uncertainty")
+        problem = Problem("held_uncertainty", f"the solve fails at the twin's values of {', '.join(names)}; the "
+                                              "held parameters' curvature cannot be computed there")
+        raise CampaignValidationError(problem, header="cannot carry the held parameters' uncertainty")
     order, _ = ravel_pytree({f"log_{n}": float(i) for i, n in enumerate(names)})
     order = [names[int(i)] for i in np.asarray(order)]  # the flat vector's order (numpyro sorts the sites)
     hessian = np.asarray(_hessian(fn, joint.forward_mode)(x0))
     log_values = {n: float(x) for n, x in zip(order, np.asarray(x0), strict=True)}
     bounds = {n: (float(joint.lower[i]), float(joint.upper[i])) for i, n in enumerate(names)}
-    return laplace_correction(hessian, order, twin_model.parameters, twin_model.carried, log_values, bounds)
+    correction = laplace_correction(hessian, order, twin_model.parameters, twin_model.carried, log_values, bounds)
+    return dataclasses.replace(correction, seconds=time.perf_counter() - start)
 
 
 def _finish(twin_model: TwinModel, samples: dict, stats: dict, method: str, settings: dict,

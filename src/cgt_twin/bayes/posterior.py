@@ -277,9 +277,11 @@ class Posterior:
         lines = [f"posterior by {self.method}: {self.n_chains} chain(s) × {self.n_draws} draws",
                  self.meta.get("description", "")]
         if self.carried:
-            sds = self.meta["held_uncertainty"]["log_sd"]
+            held = self.meta["held_uncertainty"]
+            seconds = held.get("seconds")
             lines.append("held parameters' uncertainty carried by the Laplace correction (log sd at the fit): "
-                         + ", ".join(f"{p} {sds[p]:.3g}" for p in self.carried)
+                         + ", ".join(f"{p} {held['log_sd'][p]:.3g}" for p in self.carried)
+                         + (f" (computed in {seconds:.1f} s)" if isinstance(seconds, int | float) else "")
                          + "; diagnostics are those of the sampler's draws before the correction")
         if self.method == "nuts":
             lines.append(f"R-hat max {d['r_hat_max']:.3f}; ESS bulk min {d['ess_bulk_min']:.0f}, tail min "
