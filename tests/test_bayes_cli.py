@@ -62,3 +62,20 @@ def test_sample_writes_new_artifact(tmp_path):
     assert result.exit_code == 2 and "varies between batches" in result.output
     assert not (tmp_path / "x").exists()
     assert json.loads((out / "twin.json").read_text())["posterior_hash"].startswith("sha256:")
+
+
+def test_sample_records_the_carried_parameters(tmp_path):
+    """With the Laplace correction the provenance says which held parameters' uncertainty was carried."""
+    campaign = growth_campaign({"A": {"mu_max": 0.028}, "B": {"mu_max": 0.033}}, seed=2)
+    folder = write_campaign(campaign, tmp_path / "campaign")
+    twin_dir = save_twin(Twin(GrowthDeath(), {}, NOISE), tmp_path / "twin")
+    config = tmp_path / "bayes.toml"
+    config.write_text('method = "laplace"\n[model]\nparameters = ["mu_max"]\nheld_uncertainty = "laplace"\n'
+                      '[model.solver]\nmax_steps = 64\nrtol = 1e-5\natol = 1e-7\n[sampler]\nchains = 1\ndraws = 200\n')
+    out = tmp_path / "sampled"
+    result = runner.invoke(app, ["sample", str(twin_dir), str(folder), "--config", str(config), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    details = read_provenance(out)[-1]["details"]
+    posterior = load_posterior(out)
+    assert details["carried"] == sorted(posterior.carried) and "k_d" in details["carried"]
+    assert "k_d" not in details["held"]

@@ -360,7 +360,8 @@ def sample(twin_dir: Annotated[Path, typer.Argument(help="twin artifact folder (
         data_hash = campaign_hash(campaign)
         details = {"input_artifact": str(twin_dir), "input_content_hash": source.get("content_hash"),
                    "method": posterior.method, "sampled": list(posterior.parameters),
-                   "held": sorted(posterior.held), "problems": list(posterior.problems)}
+                   "held": sorted(posterior.held), "carried": sorted(posterior.carried),
+                   "problems": list(posterior.problems)}
         save_twin(twin, out_dir, overwrite=overwrite, data_hash=data_hash,
                   fit_settings={**source.get("fit_settings", {}), "sample": details},
                   metadata=source.get("metadata", {}), posterior=posterior, ensemble=ensemble)
