@@ -22,16 +22,26 @@ def _digest(folder):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
 
 
-def test_sample_writes_new_artifact(tmp_path):
+SOLVER_AND_SAMPLER = '[model.solver]\nmax_steps = 64\nrtol = 1e-5\natol = 1e-7\n[sampler]\nchains = 1\ndraws = 300\n'
+
+
+def _sample(tmp_path, model_toml: str):
+    """A two-batch growth campaign and a twin artifact; `cgt-twin sample` with a Laplace `bayes.toml` whose
+    ``[model]`` table is `model_toml`: ``(result, campaign folder, twin folder, config file, output folder, digest of
+    the twin folder before)``."""
     campaign = growth_campaign({"A": {"mu_max": 0.028}, "B": {"mu_max": 0.033}}, seed=2)
     folder = write_campaign(campaign, tmp_path / "campaign")
     twin_dir = save_twin(Twin(GrowthDeath(), {}, NOISE), tmp_path / "twin")
     before = _digest(twin_dir)
     config = tmp_path / "bayes.toml"
-    config.write_text('method = "laplace"\n[model]\nparameters = ["mu_max", "k_d"]\n'
-                      '[model.solver]\nmax_steps = 64\nrtol = 1e-5\natol = 1e-7\n[sampler]\nchains = 1\ndraws = 300\n')
+    config.write_text(f'method = "laplace"\n[model]\n{model_toml}' + SOLVER_AND_SAMPLER)
     out = tmp_path / "sampled"
     result = runner.invoke(app, ["sample", str(twin_dir), str(folder), "--config", str(config), "--out", str(out)])
+    return result, folder, twin_dir, config, out, before
+
+
+def test_sample_writes_new_artifact(tmp_path):
+    result, folder, twin_dir, config, out, before = _sample(tmp_path, 'parameters = ["mu_max", "k_d"]\n')
     assert result.exit_code == 0, result.output
     assert "sampled" in result.output and "held at the twin's values" in result.output
     assert _digest(twin_dir) == before  # the input artifact is untouched
@@ -66,14 +76,7 @@ def test_sample_writes_new_artifact(tmp_path):
 
 def test_sample_records_the_carried_parameters(tmp_path):
     """With the Laplace correction the provenance says which held parameters' uncertainty was carried."""
-    campaign = growth_campaign({"A": {"mu_max": 0.028}, "B": {"mu_max": 0.033}}, seed=2)
-    folder = write_campaign(campaign, tmp_path / "campaign")
-    twin_dir = save_twin(Twin(GrowthDeath(), {}, NOISE), tmp_path / "twin")
-    config = tmp_path / "bayes.toml"
-    config.write_text('method = "laplace"\n[model]\nparameters = ["mu_max"]\nheld_uncertainty = "laplace"\n'
-                      '[model.solver]\nmax_steps = 64\nrtol = 1e-5\natol = 1e-7\n[sampler]\nchains = 1\ndraws = 200\n')
-    out = tmp_path / "sampled"
-    result = runner.invoke(app, ["sample", str(twin_dir), str(folder), "--config", str(config), "--out", str(out)])
+    result, _, _, _, out, _ = _sample(tmp_path, 'parameters = ["mu_max"]\nheld_uncertainty = "laplace"\n')
     assert result.exit_code == 0, result.output
     details = read_provenance(out)[-1]["details"]
     posterior = load_posterior(out)
