@@ -333,7 +333,7 @@ def _batch_solver(structure, others: tuple, settings: SolverSettings, params_per
 
     A single batch is solved without the `vmap`: a batched solve runs every segment's `lax.cond` as a select and
     every while loop in lock-step form, which for one batch only adds work (same benchmark: 0.32 ms vmapped, 0.24 ms
-    without; from 3 batches on the `vmap` is the faster than a sequential `lax.map`, and far the faster for
+    without; from 3 batches on the `vmap` is faster than a sequential `lax.map`, and far faster for
     gradients)."""
 
     def solve(arrays, params, encoded: EncodedBatch):
