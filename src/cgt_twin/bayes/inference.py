@@ -28,7 +28,7 @@ from ..data.campaign import Campaign
 from ..data.errors import CampaignValidationError, Problem
 from ..models.twin import Twin
 from .held import HeldCorrection, laplace_correction
-from .model import FAILED_SOLVE_LOG_DENSITY, NUMERICAL_PARAMETERS, BayesConfig, TwinModel, build_model
+from .model import FAILED_SOLVE_LOG_DENSITY, NUMERICAL_PARAMETERS, BayesConfig, TwinModel, build_model, curvature_config
 from .posterior import Posterior
 
 __all__ = ["NutsConfig", "sample_nuts", "laplace", "select_identifiable", "potential", "sample", "gradient_times",
@@ -159,9 +159,7 @@ def select_identifiable(twin: Twin, campaign: Campaign, config: BayesConfig | No
     names = list(candidates) if candidates is not None else \
         [p.name for p in twin.kinetics.parameters if p.name not in NUMERICAL_PARAMETERS]
     if standard_errors is None:
-        probe = dataclasses.replace(config, parameters=tuple(names), hierarchical=(), group=None, noise="fixed",
-                                    initial_states=())
-        twin_model = build_model(twin, campaign, probe, **build_kwargs)
+        twin_model = build_model(twin, campaign, curvature_config(config, names), **build_kwargs)
         x0, fn, _, _ = potential(twin_model)
         covariance = _covariance(np.asarray(_hessian(fn, twin_model.forward_mode)(x0)), floor=1e-8)
         _, unravel = ravel_pytree({f"log_{n}": 0.0 for n in names})

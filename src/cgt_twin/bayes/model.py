@@ -498,10 +498,16 @@ def _joint_model(twin: Twin, campaign: Campaign, config: BayesConfig, parameters
                and _inside_support(p, config.priors.get(p.name), float(np.asarray(twin.params[p.name])))]
     if not carried:
         return None
-    probe = dataclasses.replace(config, parameters=(*parameters, *carried), hierarchical=(), group=None,
-                                group_tau=None, noise="fixed", initial_states=(), held_uncertainty="none")
-    return build_model(twin, campaign, probe, batches=batches, initial_states=initial_states,
-                       forward_mode=forward_mode)
+    return build_model(twin, campaign, curvature_config(config, (*parameters, *carried)), batches=batches,
+                       initial_states=initial_states, forward_mode=forward_mode)
+
+
+def curvature_config(config: BayesConfig, parameters: Sequence[str]) -> BayesConfig:
+    """The configuration whose model's curvature at the twin's values ranks the identifiable parameters
+    (`select_identifiable`) and gives the held parameters' Laplace correction (`TwinModel.joint`): `parameters`
+    sampled, noise fixed, no hierarchical effects, held initial states, nothing carried."""
+    return dataclasses.replace(config, parameters=tuple(parameters), hierarchical=(), group=None, group_tau=None,
+                               noise="fixed", initial_states=(), held_uncertainty="none")
 
 
 def _predict(kinetics, settings: SolverSettings, per_batch_params, encoded: EncodedBatch, variables: Sequence[str]):
