@@ -34,7 +34,9 @@ def _sample(tmp_path, model_toml: str):
     twin_dir = save_twin(Twin(GrowthDeath(), {}, NOISE), tmp_path / "twin")
     before = _digest(twin_dir)
     config = tmp_path / "bayes.toml"
-    config.write_text(f'method = "laplace"\n[model]\n{model_toml}' + SOLVER_AND_SAMPLER)
+    # forward mode given: "auto" (two extra gradient compilations, about half of each test's time) is tested in
+    # test_bayes_sbc
+    config.write_text(f'method = "laplace"\nforward_mode = true\n[model]\n{model_toml}' + SOLVER_AND_SAMPLER)
     out = tmp_path / "sampled"
     result = runner.invoke(app, ["sample", str(twin_dir), str(folder), "--config", str(config), "--out", str(out)])
     return result, folder, twin_dir, config, out, before
