@@ -19,14 +19,18 @@ from test_bayes_toy import FAST_SOLVER, GrowthDeath, growth_campaign
 
 from cgt_twin.bayes import (
     BayesConfig,
+    Curvature,
     NutsConfig,
     Posterior,
     batch_parameter_draws,
     build_model,
+    curvature_at_twin,
     held_correction,
     laplace,
+    sample,
     sample_nuts,
 )
+from cgt_twin.bayes import inference as inference_module
 from cgt_twin.bayes.config import read_bayes_config
 from cgt_twin.bayes.held import HeldCorrection, apply_correction, laplace_correction
 from cgt_twin.control import Predictor, PredictorSettings
@@ -74,6 +78,36 @@ def test_correction_is_the_joint_laplace_covariance(toy):
     assert correction.gain[0, 0] > 0.3  # μ follows k_d along the ridge of the net growth rate
     np.testing.assert_allclose(correction.centre, [np.log(float(twin.params["k_d"]))])
     assert held_correction(build_model(twin, campaign, HELD)) is None  # nothing carried without the option
+
+
+def test_a_curvature_computed_once_is_reused(toy, monkeypatch):
+    """The correction from a curvature computed elsewhere — over more parameters, in another order — is the one it
+    computes itself, and `sample` without a subset or standard errors takes the Hessian once, not twice."""
+    campaign, twin, _ = toy
+    model = build_model(twin, campaign, CARRIED)
+    alone = held_correction(model)
+    own = curvature_at_twin(model.joint)
+    assert own.names == ("k_d", "mu_max")
+    wider = np.zeros((3, 3))  # an extra parameter "a_extra" first, coupled to both
+    wider[1:, 1:] = own.hessian
+    wider[0] = wider[:, 0] = [5.0, 0.3, -0.2]
+    wider[0, 0] = 5.0
+    bigger = Curvature(("a_extra", *own.names), np.concatenate([[0.0], own.log_values]), own.value, wider)
+    np.testing.assert_array_equal(bigger.block(["mu_max", "k_d"]), own.hessian[::-1, ::-1])
+    reused = held_correction(model, bigger)
+    np.testing.assert_allclose(reused.gain, alone.gain, rtol=1e-12)
+    np.testing.assert_allclose(reused.covariance, alone.covariance, rtol=1e-12)
+    np.testing.assert_allclose(reused.centre, alone.centre, rtol=1e-12)
+    with pytest.raises(ValueError, match="does not cover k_d"):
+        held_correction(model, Curvature(("mu_max",), own.log_values[1:], own.value, own.hessian[1:, 1:]))
+
+    calls = []
+    counted = inference_module.curvature_at_twin
+    monkeypatch.setattr(inference_module, "curvature_at_twin", lambda m: calls.append(m.parameters) or counted(m))
+    choose = dataclasses.replace(CARRIED, parameters=None, max_parameters=1, shrinkage=1.0)
+    posterior = sample(twin, campaign, choose, NutsConfig(draws=500, chains=1), method="laplace", forward_mode=True)
+    assert posterior.parameters == ("mu_max",) and set(posterior.carried) == {"k_d"}
+    assert calls == [("mu_max", "k_d")]  # once, over every candidate; the correction took its block
 
 
 def test_laplace_posterior_gets_the_marginal_spread(toy, corrected):

@@ -32,7 +32,7 @@ from .model import FAILED_SOLVE_LOG_DENSITY, NUMERICAL_PARAMETERS, BayesConfig, 
 from .posterior import Posterior
 
 __all__ = ["NutsConfig", "sample_nuts", "laplace", "select_identifiable", "potential", "sample", "gradient_times",
-           "held_correction"]
+           "held_correction", "Curvature", "curvature_at_twin"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +143,57 @@ def _covariance(hessian: np.ndarray, floor: float = 1e-2) -> np.ndarray:
     return (vectors / values) @ vectors.T
 
 
+@dataclasses.dataclass(frozen=True)
+class Curvature:
+    """The curvature of a model's negative log posterior at the twin's values (`curvature_at_twin`).
+
+    Attributes:
+        names: the kinetic parameters, in the flat vector's order (numpyro sorts the sites).
+        log_values: their log values there (log of the spec unit), (parameter,).
+        value: the negative log posterior there.
+        hessian: its Hessian over the log parameters, (parameter, parameter).
+        seconds: wall time of computing it (compilation included), s.
+    """
+
+    names: tuple[str, ...]
+    log_values: np.ndarray
+    value: float
+    hessian: np.ndarray
+    seconds: float = 0.0
+
+    def block(self, names: Sequence[str]) -> np.ndarray:
+        """The Hessian over `names` (a subset, in that order) with the other parameters held at the twin's values:
+        the sub-block of the Hessian over all of them."""
+        index = [self.names.index(n) for n in names]
+        return self.hessian[np.ix_(index, index)]
+
+
+def curvature_at_twin(twin_model: TwinModel) -> Curvature:
+    """The Hessian of the negative log posterior of a model that samples kinetic parameters only (a
+    `curvature_config` model: noise fixed, no effects, initial states held) at the twin's values: forward over
+    forward mode, or central differences of the reverse-mode gradient."""
+    start = time.perf_counter()
+    x0, fn, _, _ = potential(twin_model)
+    names = list(twin_model.parameters)
+    order, _ = ravel_pytree({f"log_{n}": float(i) for i, n in enumerate(names)})
+    order = tuple(names[int(i)] for i in np.asarray(order))
+    if len(order) != np.size(x0):
+        raise ValueError(f"curvature_at_twin needs a model that samples kinetic parameters only (curvature_config); "
+                         f"this one has {np.size(x0)} unconstrained coordinates for {len(order)} parameters")
+    value = float(jax.jit(fn)(x0))
+    hessian = np.asarray(_hessian(fn, twin_model.forward_mode)(x0))
+    return Curvature(order, np.asarray(x0, dtype=np.float64), value, hessian, time.perf_counter() - start)
+
+
+def _standard_errors(curvature: Curvature) -> dict[str, float]:
+    covariance = _covariance(curvature.hessian, floor=1e-8)
+    return {n: float(np.sqrt(max(covariance[i, i], 0.0))) for i, n in enumerate(curvature.names)}
+
+
+def _candidates(twin: Twin) -> list[str]:
+    return [p.name for p in twin.kinetics.parameters if p.name not in NUMERICAL_PARAMETERS]
+
+
 def select_identifiable(twin: Twin, campaign: Campaign, config: BayesConfig | None = None, *,
                         standard_errors: Mapping[str, float] | None = None,
                         candidates: Sequence[str] | None = None, **build_kwargs) -> tuple[str, ...]:
@@ -156,16 +207,10 @@ def select_identifiable(twin: Twin, campaign: Campaign, config: BayesConfig | No
     """
     config = config or BayesConfig()
     specs = {p.name: p for p in twin.kinetics.parameters}
-    names = list(candidates) if candidates is not None else \
-        [p.name for p in twin.kinetics.parameters if p.name not in NUMERICAL_PARAMETERS]
+    names = list(candidates) if candidates is not None else _candidates(twin)
     if standard_errors is None:
-        twin_model = build_model(twin, campaign, curvature_config(config, names), **build_kwargs)
-        x0, fn, _, _ = potential(twin_model)
-        covariance = _covariance(np.asarray(_hessian(fn, twin_model.forward_mode)(x0)), floor=1e-8)
-        _, unravel = ravel_pytree({f"log_{n}": 0.0 for n in names})
-        se_flat = np.sqrt(np.clip(np.diag(covariance), 0, None))
-        standard_errors = {n: float(v) for n, v in unravel(jnp.asarray(se_flat)).items()}
-        standard_errors = {n: standard_errors[f"log_{n}"] for n in names}
+        probe = build_model(twin, campaign, curvature_config(config, names), **build_kwargs)
+        standard_errors = _standard_errors(curvature_at_twin(probe))
     ratio = {}
     for n in names:
         se = standard_errors.get(n)
@@ -176,33 +221,41 @@ def select_identifiable(twin: Twin, campaign: Campaign, config: BayesConfig | No
     return tuple(chosen[: config.max_parameters])
 
 
-def held_correction(twin_model: TwinModel) -> HeldCorrection | None:
+def held_correction(twin_model: TwinModel, curvature: Curvature | None = None) -> HeldCorrection | None:
     """The Laplace correction that carries the held parameters' uncertainty into the posterior (`cgt_twin.bayes.held`),
     from the Hessian of the negative log posterior over the log of every candidate parameter at the twin's values
     (`TwinModel.joint`: the curvature `select_identifiable` uses, prior included); None when the model carries
     nothing (``held_uncertainty="none"`` or nothing held).
 
+    Args:
+        curvature: that curvature already computed (`curvature_at_twin` of a `curvature_config` model of the same
+            twin, campaign, batches and initial states over these parameters or more): its block is used, nothing is
+            recomputed. `sample` passes the one it chose the identifiable subset from.
+
     Raises:
         CampaignValidationError: when the solve fails at the twin's values, or the curvature there is not finite or
             not positive definite (naming the parameters concerned).
+        ValueError: when `curvature` lacks some of the model's parameters.
     """
     joint = twin_model.joint
     if joint is None:
         return None
     start = time.perf_counter()
-    x0, fn, _, _ = potential(joint)
     names = list(joint.parameters)
-    value = float(jax.jit(fn)(x0))
-    if not math.isfinite(value) or value >= -0.5 * FAILED_SOLVE_LOG_DENSITY:
+    if curvature is None:
+        curvature = curvature_at_twin(joint)
+    missing = [n for n in names if n not in curvature.names]
+    if missing:
+        raise ValueError(f"the curvature given does not cover {', '.join(missing)}")
+    if not math.isfinite(curvature.value) or curvature.value >= -0.5 * FAILED_SOLVE_LOG_DENSITY:
         problem = Problem("held_uncertainty", f"the solve fails at the twin's values of {', '.join(names)}; the "
                                               "held parameters' curvature cannot be computed there")
         raise CampaignValidationError(problem, header="cannot carry the held parameters' uncertainty")
-    order, _ = ravel_pytree({f"log_{n}": float(i) for i, n in enumerate(names)})
-    order = [names[int(i)] for i in np.asarray(order)]  # the flat vector's order (numpyro sorts the sites)
-    hessian = np.asarray(_hessian(fn, joint.forward_mode)(x0))
-    log_values = {n: float(x) for n, x in zip(order, np.asarray(x0), strict=True)}
+    order = [n for n in curvature.names if n in names]
+    log_values = {n: float(curvature.log_values[curvature.names.index(n)]) for n in order}
     bounds = {n: (float(joint.lower[i]), float(joint.upper[i])) for i, n in enumerate(names)}
-    correction = laplace_correction(hessian, order, twin_model.parameters, twin_model.carried, log_values, bounds)
+    correction = laplace_correction(curvature.block(order), order, twin_model.parameters, twin_model.carried,
+                                    log_values, bounds)
     return dataclasses.replace(correction, seconds=time.perf_counter() - start)
 
 
@@ -280,15 +333,16 @@ def _joint_mode(fn, x0: np.ndarray, forward: bool, newton_steps: int):
     return mode[0], hessian[0], float(value[0])
 
 
-def laplace(twin_model: TwinModel, *, draws: int = 2000, seed: int = 0, newton_steps: int = 30) -> Posterior:
+def laplace(twin_model: TwinModel, *, draws: int = 2000, seed: int = 0, newton_steps: int = 30,
+            curvature: Curvature | None = None) -> Posterior:
     """The Laplace approximation: a damped Newton search for the mode of the log posterior (unconstrained space)
     from the model's starting point, then a normal with the inverse Hessian as covariance; `draws` draws.
 
     Fast (a few Hessians) and deterministic; right when the posterior is close to normal in the log parameters,
-    too narrow for funnels (hierarchical spreads) — use NUTS there.
+    too narrow for funnels (hierarchical spreads) — use NUTS there. `curvature`: see `held_correction`.
     """
     start = time.perf_counter()
-    correction = held_correction(twin_model)  # before the search: a bad curvature fails fast
+    correction = held_correction(twin_model, curvature)  # before the search: a bad curvature fails fast
     x, fn, unravel, postprocess = potential(twin_model, seed)
     x, hessian, value = _joint_mode(fn, x, twin_model.forward_mode, newton_steps)
     covariance = _covariance(hessian)
@@ -302,17 +356,19 @@ def laplace(twin_model: TwinModel, *, draws: int = 2000, seed: int = 0, newton_s
                    time.perf_counter() - start, correction, seed)
 
 
-def sample_nuts(twin_model: TwinModel, config: NutsConfig | None = None) -> Posterior:
+def sample_nuts(twin_model: TwinModel, config: NutsConfig | None = None, *,
+                curvature: Curvature | None = None) -> Posterior:
     """NUTS on the model: chains started at and around the posterior mode found from the twin's values
     (``config.mode_steps``; jittered by the Laplace sd), dense mass matrix started from the Laplace covariance there
     and adapted in warm-up; diagnostics checked on the result (a clear
     `PosteriorWarning` when a threshold is missed). With ``config.independent_batches`` each batch of an unpooled
-    model is sampled as its own posterior, all batches vectorised (see `NutsConfig`)."""
+    model is sampled as its own posterior, all batches vectorised (see `NutsConfig`). `curvature`: see
+    `held_correction`."""
     config = config or NutsConfig()
     if config.independent_batches:
         return _sample_batches_independently(twin_model, config)
     start = time.perf_counter()
-    correction = held_correction(twin_model)  # before sampling: a bad curvature fails in seconds, not after NUTS
+    correction = held_correction(twin_model, curvature)  # before sampling: a bad curvature fails in seconds
     x0, fn, unravel, _ = potential(twin_model, config.seed)
     x0 = np.asarray(x0)
     if config.mode_steps > 0:
@@ -476,9 +532,14 @@ def sample(twin: Twin, campaign: Campaign, config: BayesConfig | None = None, nu
     auto = forward_mode == "auto"
     if auto:
         forward_mode = True  # for the identifiable subset's Hessian (forward over forward: exact)
+    curvature = None
     if config.parameters is None:
-        chosen = select_identifiable(twin, campaign, config, standard_errors=standard_errors,
-                                     forward_mode=forward_mode, **build_kwargs)
+        if standard_errors is None:  # the curvature the subset is chosen from, reused by the held correction
+            probe = build_model(twin, campaign, curvature_config(config, _candidates(twin)), forward_mode=forward_mode,
+                                **build_kwargs)
+            curvature = curvature_at_twin(probe)
+            standard_errors = _standard_errors(curvature)
+        chosen = select_identifiable(twin, campaign, config, standard_errors=standard_errors)
         chosen = tuple(dict.fromkeys((*chosen, *config.hierarchical)))
         config = dataclasses.replace(config, parameters=chosen)
     times = None
@@ -488,9 +549,9 @@ def sample(twin: Twin, campaign: Campaign, config: BayesConfig | None = None, nu
     twin_model = build_model(twin, campaign, config, forward_mode=forward_mode, **build_kwargs)
     if method == "laplace":
         nuts = nuts or NutsConfig()
-        posterior = laplace(twin_model, draws=nuts.chains * nuts.draws, seed=nuts.seed)
+        posterior = laplace(twin_model, draws=nuts.chains * nuts.draws, seed=nuts.seed, curvature=curvature)
     else:
-        posterior = sample_nuts(twin_model, nuts)
+        posterior = sample_nuts(twin_model, nuts, curvature=curvature)
     posterior.meta["settings"]["forward_mode"] = bool(forward_mode)
     if times is not None:
         posterior.meta["settings"]["gradient_ms"] = times
