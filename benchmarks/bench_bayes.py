@@ -102,10 +102,10 @@ def _first_samples_floored(campaign):
                     campaign.source)
 
 
-def _fit(twin, campaign, holdout):
+def _fit(twin, campaign, holdout, initial_states=()):
     from cgt_twin.fit import FitConfig, fit_mechanistic
 
-    return fit_mechanistic(twin, campaign, FitConfig(holdout=holdout, initial_states=(), max_steps=200))
+    return fit_mechanistic(twin, campaign, FitConfig(holdout=holdout, initial_states=initial_states, max_steps=200))
 
 
 def _coverage(prediction, campaign, batch):
@@ -139,7 +139,8 @@ PARTS = ("subset", "repeats", "all")
 HELD = {"fit": "fit", "truth": "truth", "fit-likelihood": "fit, data with the likelihood's noise",
         "fit-laplace": "fit, their uncertainty carried by the Laplace correction",
         "fit-likelihood-laplace": "fit, data with the likelihood's noise, their uncertainty carried by the Laplace "
-                                  "correction"}
+                                  "correction",
+        "fit-initial-laplace": "fit, initial VCD fitted, their uncertainty carried by the Laplace correction"}
 """The repeats' variants (where the unsampled parameters are held) and how the records name them."""
 
 
@@ -254,7 +255,9 @@ def _repeats(truth_twin, config, train, holdout, chains, warmup, draws, repeats,
     shortfall once the noise model is right, i.e. what holding parameters and initial states at a fit costs.
     ``"fit-laplace"`` / ``"fit-likelihood-laplace"``: as ``"fit"`` / ``"fit-likelihood"``, with the held parameters'
     uncertainty carried into the draws by the Laplace correction (``BayesConfig(held_uncertainty="laplace")``); the
-    carried parameters' own intervals are counted apart (they are the Laplace marginals at the fit, not NUTS's)."""
+    carried parameters' own intervals are counted apart (they are the Laplace marginals at the fit, not NUTS's).
+    ``"fit-initial-laplace"``: as ``"fit-laplace"``, but each batch's initial VCD fitted with the parameters (the
+    `FitConfig` default) and held at the fit's value, not at the first sample."""
     from cgt_twin.bayes import NutsConfig, build_model, sample_nuts
     from cgt_twin.data.errors import CampaignValidationError
 
@@ -266,12 +269,14 @@ def _repeats(truth_twin, config, train, holdout, chains, warmup, draws, repeats,
     worst_r_hat = 0.0
     initial_states = true_initial_states()
     for r in range(repeats):
-        if fitted in ("fit", "fit-likelihood"):
+        if fitted in ("fit", "fit-likelihood", "fit-initial"):
             twin_r, data = cho_campaign(seed=100 + r, likelihood_noise=fitted == "fit-likelihood")
             if fitted == "fit-likelihood":
                 data = _first_samples_floored(data)
-            model_r = build_model(_fit(twin_r, data, (holdout,)).twin, data, config, batches=train,
-                                  forward_mode=forward)
+            fit_r = _fit(twin_r, data, (holdout,), ("vcd",) if fitted == "fit-initial" else ())
+            model_r = build_model(fit_r.twin, data, config, batches=train, forward_mode=forward,
+                                  initial_states={b: fit_r.initial_states[b] for b in train}
+                                  if fitted == "fit-initial" else None)
         else:  # data with the likelihood's noise; noise, initial states and unsampled parameters at the truth
             noisy_twin, data = cho_campaign(seed=100 + r, likelihood_noise=True)
             model_r = build_model(noisy_twin, data, dataclasses.replace(config, noise="fixed"), batches=train,
@@ -349,7 +354,8 @@ def main() -> None:
                         help="where the unsampled parameters are held in the repeats (comma-separated): fit, truth "
                              "(default: both), fit-likelihood (at the fit, data with the likelihood's noise), "
                              "fit-laplace or fit-likelihood-laplace (as fit / fit-likelihood, the held parameters' "
-                             "uncertainty carried by the Laplace correction)")
+                             "uncertainty carried by the Laplace correction), fit-initial-laplace (as fit-laplace, "
+                             "each batch's initial VCD fitted and held at the fit)")
     parser.add_argument("--held-uncertainty", default="none", choices=("none", "laplace"),
                         help="of the subset part: laplace carries the held parameters' uncertainty into its draws")
     parser.add_argument("--max-tree-depth", type=int, default=6, help="of the all-parameter run (default 6)")
