@@ -6,13 +6,14 @@ from __future__ import annotations
 import hashlib
 import json
 
+import numpy as np
 import pandas as pd
 from test_bayes_toy import NOISE, GrowthDeath, growth_campaign
 from typer.testing import CliRunner
 
 from cgt_twin.cli import app
 from cgt_twin.data import write_campaign
-from cgt_twin.io import load_posterior, read_provenance, save_twin, verify_provenance
+from cgt_twin.io import campaign_hash, load_posterior, read_provenance, save_twin, verify_provenance
 from cgt_twin.models import Twin
 
 runner = CliRunner()
@@ -25,13 +26,16 @@ def _digest(folder):
 SOLVER_AND_SAMPLER = '[model.solver]\nmax_steps = 64\nrtol = 1e-5\natol = 1e-7\n[sampler]\nchains = 1\ndraws = 300\n'
 
 
-def _sample(tmp_path, model_toml: str):
-    """A two-batch growth campaign and a twin artifact; `cgt-twin sample` with a Laplace `bayes.toml` whose
-    ``[model]`` table is `model_toml`: ``(result, campaign folder, twin folder, config file, output folder, digest of
-    the twin folder before)``."""
-    campaign = growth_campaign({"A": {"mu_max": 0.028}, "B": {"mu_max": 0.033}}, seed=2)
-    folder = write_campaign(campaign, tmp_path / "campaign")
-    twin_dir = save_twin(Twin(GrowthDeath(), {}, NOISE), tmp_path / "twin")
+def _campaign():
+    return growth_campaign({"A": {"mu_max": 0.028}, "B": {"mu_max": 0.033}}, seed=2)
+
+
+def _sample(tmp_path, model_toml: str, **artifact):
+    """A two-batch growth campaign and a twin artifact (`save_twin` keywords `artifact`); `cgt-twin sample` with a
+    Laplace `bayes.toml` whose ``[model]`` table is `model_toml`: ``(result, campaign folder, twin folder, config file,
+    output folder, digest of the twin folder before)``."""
+    folder = write_campaign(_campaign(), tmp_path / "campaign")
+    twin_dir = save_twin(Twin(GrowthDeath(), {}, NOISE), tmp_path / "twin", **artifact)
     before = _digest(twin_dir)
     config = tmp_path / "bayes.toml"
     # forward mode given: "auto" (two extra gradient compilations, about half of each test's time) is tested in
@@ -49,9 +53,11 @@ def test_sample_writes_new_artifact(tmp_path):
     assert _digest(twin_dir) == before  # the input artifact is untouched
     posterior = load_posterior(out)
     assert posterior.method == "laplace" and posterior.parameters == ("mu_max", "k_d")
+    assert 0.026 < float(np.median(posterior.parameter_values()["mu_max"])) < 0.034
     verify_provenance(out)
     record = read_provenance(out)[-1]
     assert record["command"].startswith("sample") and record["details"]["input_content_hash"].startswith("sha256:")
+    assert record["details"]["initial_states"] == "the data's"  # no fit stored in the artifact
 
     table_file = tmp_path / "p.csv"
     result = runner.invoke(app, ["predict", str(out), str(folder), "--out", str(table_file)])
@@ -77,10 +83,19 @@ def test_sample_writes_new_artifact(tmp_path):
 
 
 def test_sample_records_the_carried_parameters(tmp_path):
-    """With the Laplace correction the provenance says which held parameters' uncertainty was carried."""
-    result, _, _, _, out, _ = _sample(tmp_path, 'parameters = ["mu_max"]\nheld_uncertainty = "laplace"\n')
+    """With the Laplace correction the provenance says which held parameters' uncertainty was carried; on the
+    campaign the twin was fitted on, the fit's initial states (stored by `cgt-twin fit`) are held, not the first
+    samples."""
+    campaign = _campaign()
+    first = campaign.data["vcd"].isel(time=0)
+    fitted = {b: {"vcd": 0.5 * float(np.nanmean(first.sel(batch=b).values))} for b in campaign.batches}  # half: μ must rise to catch up
+    result, _, _, _, out, _ = _sample(tmp_path, 'parameters = ["mu_max"]\nheld_uncertainty = "laplace"\n',
+                                      data_hash=campaign_hash(campaign), fit_settings={"initial_states": fitted})
     assert result.exit_code == 0, result.output
+    assert "initial states of A, B held at the fit's values" in result.output
     details = read_provenance(out)[-1]["details"]
     posterior = load_posterior(out)
     assert details["carried"] == sorted(posterior.carried) and "k_d" in details["carried"]
     assert "k_d" not in details["held"]
+    assert details["initial_states"] == "the fit's"
+    assert float(np.median(posterior.parameter_values()["mu_max"])) > 0.036

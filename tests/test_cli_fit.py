@@ -23,22 +23,24 @@ def small_campaign(example_folder, tmp_path_factory):
     return write_campaign(campaign, tmp_path_factory.mktemp("c") / "campaign")
 
 
-def _config(path, extra="", top=""):
+def _config(path, extra="", top="", initial="[]"):
     path.write_text(top + '[mechanistic]\nparameters = ["mu_max", "q_p", "Y_lac_glc"]\nmax_steps = 15\n'
-                    'initial_states = []\n' + extra)
+                    f'initial_states = {initial}\n' + extra)
     return path
 
 
 def test_fit_predict_report(small_campaign, tmp_path):
     twin_dir = tmp_path / "twin"
     result = runner.invoke(app, ["fit", str(small_campaign), "--model", "cho", "--holdout", "C2-LOW", "--config",
-                                 str(_config(tmp_path / "fit.toml")), "--out", str(twin_dir)])
+                                 str(_config(tmp_path / "fit.toml", initial='["vcd"]')), "--out", str(twin_dir)])
     assert result.exit_code == 0, result.output
     assert "fitted 2 batches" in result.output
     twin = load_twin(twin_dir)
     assert set(twin.noise) >= {"vcd", "glucose", "titer"}
     document = json.loads((twin_dir / "twin.json").read_text())
     assert document["fit_settings"]["holdout"] == ["C2-LOW"] and document["data_hash"].startswith("sha256:")
+    fitted = document["fit_settings"]["initial_states"]  # what `sample` holds on this campaign
+    assert sorted(fitted) == ["C1-LOW", "C1-MID"] and all(0 < v["vcd"] < 10 for v in fitted.values())
 
     predictions = tmp_path / "predictions.csv"
     result = runner.invoke(app, ["predict", str(twin_dir), str(small_campaign), "--batches", "C2-LOW", "--out",

@@ -227,7 +227,9 @@ def fit(folder: Annotated[Path, typer.Argument(help="campaign folder")],
         data_hash = campaign_hash(campaign)
         fit_settings = {"model": model, "options": _parse_options(option), "hybrid": hybrid,
                         "holdout": list(_split(holdout)), "seed": seed, "config": str(config) if config else None,
-                        **result.settings()}
+                        **result.settings(),
+                        # canonical units; `sample` holds them on the same campaign (the parameters were fitted with them)
+                        "initial_states": result.mechanistic.initial_states}
         save_twin(result.twin, out_dir, overwrite=overwrite, data_hash=data_hash, fit_settings=fit_settings)
         append_provenance(out_dir, "fit " + " ".join(sys.argv[1:]), status=result.mechanistic.status,
                           data_hash=data_hash, seed=seed, details=result.settings())
@@ -324,6 +326,18 @@ def report(twin_dir: Annotated[Path, typer.Argument(help="twin artifact folder")
     _run(body)
 
 
+def _fitted_initial_states(source: dict, campaign, data_hash: str) -> dict[str, dict[str, float]]:
+    """The initial states a fit estimated with the parameters (``fit_settings["initial_states"]`` of the artifact), for
+    the campaign's batches, when the campaign is the one the twin was fitted on (same data hash); otherwise none. The
+    parameters are a mode of the posterior only with these: held at the first samples instead, the curvature at the
+    twin's values can be far from positive definite."""
+    stored = source.get("fit_settings", {}).get("initial_states") or {}
+    if source.get("data_hash") != data_hash or not isinstance(stored, dict):
+        return {}
+    return {b: {str(k): float(v) for k, v in states.items()} for b, states in stored.items()
+            if b in campaign.batches and isinstance(states, dict) and states}
+
+
 @app.command()
 def sample(twin_dir: Annotated[Path, typer.Argument(help="twin artifact folder (left untouched)")],
            folder: Annotated[Path, typer.Argument(help="campaign folder")],
@@ -351,17 +365,21 @@ def sample(twin_dir: Annotated[Path, typer.Argument(help="twin artifact folder (
         ensemble = load_ensemble(twin_dir)  # a residual ensemble of the input is carried over
         source = json.loads((twin_dir / "twin.json").read_text(encoding="utf-8"))
         campaign = read_campaign(folder)
+        data_hash = campaign_hash(campaign)
+        initial_states = _fitted_initial_states(source, campaign, data_hash)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             warnings.simplefilter("always", PosteriorWarning)
             with warnings.catch_warnings(record=True):
                 posterior = run(twin, campaign, settings.model, settings.sampler, method=settings.method,
-                                forward_mode=settings.forward_mode)
-        data_hash = campaign_hash(campaign)
+                                forward_mode=settings.forward_mode, initial_states=initial_states or None)
         details = {"input_artifact": str(twin_dir), "input_content_hash": source.get("content_hash"),
                    "method": posterior.method, "sampled": list(posterior.parameters),
                    "held": sorted(posterior.held), "carried": sorted(posterior.carried),
+                   "initial_states": "the fit's" if initial_states else "the data's",
                    "problems": list(posterior.problems)}
+        if initial_states:
+            out.print(f"initial states of {', '.join(sorted(initial_states))} held at the fit's values", markup=False)
         save_twin(twin, out_dir, overwrite=overwrite, data_hash=data_hash,
                   fit_settings={**source.get("fit_settings", {}), "sample": details},
                   metadata=source.get("metadata", {}), posterior=posterior, ensemble=ensemble)
