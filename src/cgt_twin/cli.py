@@ -227,9 +227,7 @@ def fit(folder: Annotated[Path, typer.Argument(help="campaign folder")],
         data_hash = campaign_hash(campaign)
         fit_settings = {"model": model, "options": _parse_options(option), "hybrid": hybrid,
                         "holdout": list(_split(holdout)), "seed": seed, "config": str(config) if config else None,
-                        **result.settings(),
-                        # canonical units; `sample` holds them on the same campaign (the parameters were fitted with them)
-                        "initial_states": result.mechanistic.initial_states}
+                        **result.settings()}
         save_twin(result.twin, out_dir, overwrite=overwrite, data_hash=data_hash, fit_settings=fit_settings)
         append_provenance(out_dir, "fit " + " ".join(sys.argv[1:]), status=result.mechanistic.status,
                           data_hash=data_hash, seed=seed, details=result.settings())

@@ -46,9 +46,14 @@ class Calibration:
     joint: TrainResult | None
 
     def settings(self) -> dict:
+        """What an artifact records of the calibration (JSON-able): the stages' outcomes, and the initial states the
+        mechanistic fit estimated with the parameters (batch -> state -> value, canonical units), which `cgt-twin
+        sample` holds on the same campaign."""
         return {"mechanistic_status": self.mechanistic.status, "objective": self.mechanistic.objective,
                 "training_stopped": self.training.stopped if self.training else None,
-                "joint_stopped": self.joint.stopped if self.joint else None}
+                "joint_stopped": self.joint.stopped if self.joint else None,
+                "initial_states": {b: {s: float(v) for s, v in states.items()}
+                                   for b, states in self.mechanistic.initial_states.items()}}
 
 
 def calibrate(twin: Twin, campaign: Campaign, config: CalibrationConfig | None = None, *,
