@@ -345,7 +345,8 @@ def sample(twin_dir: Annotated[Path, typer.Argument(help="twin artifact folder (
            seed: Annotated[int | None, typer.Option(help="random seed (overrides the config's)")] = None,
            overwrite: Annotated[bool, typer.Option(help="replace an existing output artifact")] = False) -> None:
     """Sample the posterior of a twin on a campaign (NUTS or Laplace) and write a new artifact with it; print what
-    was sampled, what was held fixed and the diagnostics."""
+    was sampled, what was held fixed and the diagnostics. On the campaign the twin was fitted on, each batch's initial
+    states are held at the fit's values (stored by `cgt-twin fit`), elsewhere at the first samples."""
 
     def body():
         from .bayes import PosteriorWarning
