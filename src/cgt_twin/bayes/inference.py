@@ -171,7 +171,8 @@ class Curvature:
 def curvature_at_twin(twin_model: TwinModel) -> Curvature:
     """The Hessian of the negative log posterior of a model that samples kinetic parameters only (a
     `curvature_config` model: noise fixed, no effects, initial states held) at the twin's values: forward over
-    forward mode, or central differences of the reverse-mode gradient."""
+    forward mode, or central differences of the reverse-mode gradient. Where the solve fails at the twin's values the
+    Hessian is not computed (NaN; `value` says why)."""
     start = time.perf_counter()
     x0, fn, _, _ = potential(twin_model)
     names = list(twin_model.parameters)
@@ -181,7 +182,10 @@ def curvature_at_twin(twin_model: TwinModel) -> Curvature:
         raise ValueError(f"curvature_at_twin needs a model that samples kinetic parameters only (curvature_config); "
                          f"this one has {np.size(x0)} unconstrained coordinates for {len(order)} parameters")
     value = float(jax.jit(fn)(x0))
-    hessian = np.asarray(_hessian(fn, twin_model.forward_mode)(x0))
+    if not math.isfinite(value) or value >= -0.5 * FAILED_SOLVE_LOG_DENSITY:  # fail fast: no Hessian of a failure
+        hessian = np.full((len(order), len(order)), np.nan)
+    else:
+        hessian = np.asarray(_hessian(fn, twin_model.forward_mode)(x0))
     return Curvature(order, np.asarray(x0, dtype=np.float64), value, hessian, time.perf_counter() - start)
 
 
