@@ -11,7 +11,7 @@ import pandas as pd
 from test_bayes_toy import NOISE, GrowthDeath, growth_campaign
 from typer.testing import CliRunner
 
-from cgt_twin.cli import app
+from cgt_twin.cli import _inherited_fit_settings, app
 from cgt_twin.data import write_campaign
 from cgt_twin.io import campaign_hash, load_posterior, read_provenance, save_twin, verify_provenance
 from cgt_twin.models import Twin
@@ -99,3 +99,8 @@ def test_sample_records_the_carried_parameters(tmp_path):
     assert "k_d" not in details["held"]
     assert details["initial_states"] == "the fit's"
     assert float(np.median(posterior.parameter_values()["mu_max"])) > 0.036
+    # the new artifact keeps them for this campaign; one derived on another campaign drops them
+    assert json.loads((out / "twin.json").read_text())["fit_settings"]["initial_states"] == fitted
+    source = {"data_hash": "sha256:fitted-on", "fit_settings": {"initial_states": fitted, "seed": 1}}
+    assert _inherited_fit_settings(source, "sha256:other", sample={}) == {"seed": 1, "sample": {}}
+    assert _inherited_fit_settings(source, "sha256:fitted-on")["initial_states"] == fitted

@@ -336,6 +336,16 @@ def _fitted_initial_states(source: dict, campaign, data_hash: str) -> dict[str, 
             if b in campaign.batches and isinstance(states, dict) and states}
 
 
+def _inherited_fit_settings(source: dict, data_hash: str, **added) -> dict:
+    """The input artifact's ``fit_settings`` for an artifact derived from it on a campaign of hash `data_hash`, with
+    `added`; the fit's initial states only when that campaign is the one they were fitted on (they belong to its
+    batches, and the new artifact records the new campaign's hash)."""
+    settings = dict(source.get("fit_settings", {}))
+    if source.get("data_hash") != data_hash:
+        settings.pop("initial_states", None)
+    return {**settings, **added}
+
+
 @app.command()
 def sample(twin_dir: Annotated[Path, typer.Argument(help="twin artifact folder (left untouched)")],
            folder: Annotated[Path, typer.Argument(help="campaign folder")],
@@ -380,7 +390,7 @@ def sample(twin_dir: Annotated[Path, typer.Argument(help="twin artifact folder (
         if initial_states:
             out.print(f"initial states of {', '.join(sorted(initial_states))} held at the fit's values", markup=False)
         save_twin(twin, out_dir, overwrite=overwrite, data_hash=data_hash,
-                  fit_settings={**source.get("fit_settings", {}), "sample": details},
+                  fit_settings=_inherited_fit_settings(source, data_hash, sample=details),
                   metadata=source.get("metadata", {}), posterior=posterior, ensemble=ensemble)
         append_provenance(out_dir, "sample " + " ".join(sys.argv[1:]),
                           status="ok" if posterior.check() else "diagnostics failed", data_hash=data_hash,
@@ -443,7 +453,7 @@ def ensemble(twin_dir: Annotated[Path, typer.Argument(help="hybrid twin artifact
                    "members": result.n_members, "seeds": list(result.seeds), "bootstrap": not no_bootstrap,
                    "holdout": list(left_out), "steps": training.steps}
         save_twin(twin, out_dir, overwrite=overwrite, data_hash=data_hash,
-                  fit_settings={**source.get("fit_settings", {}), "ensemble": details},
+                  fit_settings=_inherited_fit_settings(source, data_hash, ensemble=details),
                   metadata=source.get("metadata", {}), posterior=posterior, ensemble=result)
         append_provenance(out_dir, "ensemble " + " ".join(sys.argv[1:]), status="ok", data_hash=data_hash,
                           seed=seed, details=details)
