@@ -41,7 +41,8 @@ class HeldCorrection:
         gain: B = Σ_sh Σ_hh⁻¹, (sampled, held): the shift of the sampled log values per unit of δ_h.
         covariance: Σ_hh, the Laplace covariance of the held log values (held, held).
         bounds: parameter -> (log lower, log upper) of its prior support; corrected draws are kept inside.
-        seconds: wall time of computing the correction (the Hessian, compilation included), s.
+        seconds: wall time of computing the correction, s: the Hessian's too (compilation included), unless an
+            already computed curvature was passed (`held_correction(model, curvature)`, as `sample` does).
     """
 
     sampled: tuple[str, ...]

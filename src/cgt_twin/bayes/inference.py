@@ -189,6 +189,12 @@ def curvature_at_twin(twin_model: TwinModel) -> Curvature:
     return Curvature(order, np.asarray(x0, dtype=np.float64), value, hessian, time.perf_counter() - start)
 
 
+def _probe_curvature(twin: Twin, campaign: Campaign, config: BayesConfig, names: Sequence[str],
+                     **build_kwargs) -> Curvature:
+    """`curvature_at_twin` of the `curvature_config` model over `names`."""
+    return curvature_at_twin(build_model(twin, campaign, curvature_config(config, names), **build_kwargs))
+
+
 def _standard_errors(curvature: Curvature) -> dict[str, float]:
     covariance = _covariance(curvature.hessian, floor=1e-8)
     return {n: float(np.sqrt(max(covariance[i, i], 0.0))) for i, n in enumerate(curvature.names)}
@@ -213,8 +219,7 @@ def select_identifiable(twin: Twin, campaign: Campaign, config: BayesConfig | No
     specs = {p.name: p for p in twin.kinetics.parameters}
     names = list(candidates) if candidates is not None else _candidates(twin)
     if standard_errors is None:
-        probe = build_model(twin, campaign, curvature_config(config, names), **build_kwargs)
-        standard_errors = _standard_errors(curvature_at_twin(probe))
+        standard_errors = _standard_errors(_probe_curvature(twin, campaign, config, names, **build_kwargs))
     ratio = {}
     for n in names:
         se = standard_errors.get(n)
@@ -539,9 +544,8 @@ def sample(twin: Twin, campaign: Campaign, config: BayesConfig | None = None, nu
     curvature = None
     if config.parameters is None:
         if standard_errors is None:  # the curvature the subset is chosen from, reused by the held correction
-            probe = build_model(twin, campaign, curvature_config(config, _candidates(twin)), forward_mode=forward_mode,
-                                **build_kwargs)
-            curvature = curvature_at_twin(probe)
+            curvature = _probe_curvature(twin, campaign, config, _candidates(twin), forward_mode=forward_mode,
+                                         **build_kwargs)
             standard_errors = _standard_errors(curvature)
         chosen = select_identifiable(twin, campaign, config, standard_errors=standard_errors)
         chosen = tuple(dict.fromkeys((*chosen, *config.hierarchical)))
