@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 from test_bayes_toy import NOISE, GrowthDeath, growth_campaign
 from typer.testing import CliRunner
 
@@ -92,7 +93,7 @@ def test_sample_records_the_carried_parameters(tmp_path):
     result, _, _, _, out, _ = _sample(tmp_path, 'parameters = ["mu_max"]\nheld_uncertainty = "laplace"\n',
                                       data_hash=campaign_hash(campaign), fit_settings={"initial_states": fitted})
     assert result.exit_code == 0, result.output
-    assert "initial states of A, B held at the fit's values" in result.output
+    assert "initial states of A, B at the fit's values" in result.output
     details = read_provenance(out)[-1]["details"]
     posterior = load_posterior(out)
     assert details["carried"] == sorted(posterior.carried) and "k_d" in details["carried"]
@@ -104,3 +105,37 @@ def test_sample_records_the_carried_parameters(tmp_path):
     source = {"data_hash": "sha256:fitted-on", "fit_settings": {"initial_states": fitted, "seed": 1}}
     assert _inherited_fit_settings(source, "sha256:other", sample={}) == {"seed": 1, "sample": {}}
     assert _inherited_fit_settings(source, "sha256:fitted-on")["initial_states"] == fitted
+
+
+def test_predict_starts_the_fitted_batches_from_the_fit(tmp_path):
+    """`cgt-twin predict` (and `report`) on the campaign the twin was fitted on starts each fitted batch from the
+    fit's initial states, as the fit did; ``--initial-states data`` from the first samples; on another campaign
+    (another data hash) from the first samples; an unknown choice is refused before anything runs."""
+    campaign = _campaign()
+    folder = write_campaign(campaign, tmp_path / "campaign")
+    first = {b: float(campaign.data["vcd"].sel(batch=b).isel(time=0).values.ravel()[0]) for b in campaign.batches}
+    fitted = {"A": {"vcd": 0.5 * first["A"]}}  # only A was fitted: B keeps its first sample
+    twin_dir = save_twin(Twin(GrowthDeath(), {}, NOISE), tmp_path / "twin", data_hash=campaign_hash(campaign),
+                         fit_settings={"initial_states": fitted})
+
+    def start(*extra, twin=twin_dir):
+        table = tmp_path / "p.csv"
+        result = runner.invoke(app, ["predict", str(twin), str(folder), "--out", str(table), "--overwrite", *extra])
+        assert result.exit_code == 0, result.output
+        rows = pd.read_csv(table).query("variable == 'vcd' and time_h == 0 and phase == 'pre'")
+        return result.output, dict(zip(rows["batch"], rows["mean"], strict=True))
+
+    output, values = start()
+    assert "initial states of A at the fit's values" in output
+    assert values == pytest.approx({"A": fitted["A"]["vcd"], "B": first["B"]}, rel=1e-9)
+    assert read_provenance(twin_dir)[-1]["details"]["initial_states"] == "the fit's"
+    output, values = start("--initial-states", "data")
+    assert "fit's values" not in output and values == pytest.approx(first, rel=1e-9)
+    assert read_provenance(twin_dir)[-1]["details"]["initial_states"] == "the data's"
+    other = save_twin(Twin(GrowthDeath(), {}, NOISE), tmp_path / "other", data_hash="sha256:another-campaign",
+                      fit_settings={"initial_states": fitted})
+    assert start(twin=other)[1] == pytest.approx(first, rel=1e-9)
+    result = runner.invoke(app, ["report", str(twin_dir), str(folder), "--out", str(tmp_path / "r"),
+                                 "--initial-states", "first"])
+    assert result.exit_code == 2 and "must be 'fit' or 'data'" in result.output
+    assert not (tmp_path / "r").exists()

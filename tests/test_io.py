@@ -18,6 +18,8 @@ from cgt_twin.io import (
     SCHEMA_VERSION,
     ArtifactError,
     append_provenance,
+    campaign_hash,
+    load_fitted_initial_states,
     load_twin,
     read_provenance,
     save_twin,
@@ -130,6 +132,29 @@ def test_writes_are_atomic_refuse_overwrite_and_keep_the_log(tmp_path):
     assert float(load_twin(folder).params["mu_max"]) == 0.03
     assert [r["command"] for r in read_provenance(folder)] == ["fit"]  # the log survives a re-save
     assert sorted(p.name for p in tmp_path.iterdir()) == ["twin"]
+
+
+def test_fitted_initial_states_belong_to_the_fitted_campaign(tmp_path):
+    """The fit's initial states come back for the campaign fitted on (its batches only), nothing for another
+    campaign or an artifact without them; a damaged record is refused whole, naming the batch and state."""
+    from test_bayes_toy import growth_campaign
+
+    campaign = growth_campaign({"A": {}, "B": {}}, seed=1)
+    stored = {"A": {"vcd": 0.21, "glucose": 30.5}, "B": {"vcd": 0.19}, "gone": {"vcd": 0.3}}
+    folder = save_twin(Twin(CHOFedBatch()), tmp_path / "twin", data_hash=campaign_hash(campaign),
+                       fit_settings={"initial_states": stored})
+    assert load_fitted_initial_states(folder, campaign) == {"A": stored["A"], "B": stored["B"]}
+    assert load_fitted_initial_states(folder, campaign.sel(["A"])) == {}  # another campaign: another hash
+    bare = save_twin(Twin(CHOFedBatch()), tmp_path / "bare", data_hash=campaign_hash(campaign))
+    assert load_fitted_initial_states(bare, campaign) == {}
+    for bad in (-0.2, float("nan"), "0.2", True):
+        document = json.loads((folder / "twin.json").read_text())
+        document["fit_settings"]["initial_states"]["B"]["vcd"] = bad
+        (folder / "twin.json").write_text(json.dumps(document))
+        with pytest.raises(ArtifactError, match=r"initial_states\['B'\]\['vcd'\] must be a positive finite"):
+            load_fitted_initial_states(folder, campaign)
+    with pytest.raises(ArtifactError, match="missing, unreadable"):
+        load_fitted_initial_states(tmp_path / "nowhere", campaign)
 
 
 def test_provenance_chain_detects_tampering(tmp_path):

@@ -179,3 +179,26 @@ def test_gradient_of_the_full_training_loss_matches_finite_differences():
         numeric = (shifted(h) - shifted(-h)) / (2 * h)
         assert float(analytic) == pytest.approx(numeric, rel=1e-5, abs=1e-6)
     assert np.isfinite(float(loss(trainable)))
+
+
+def test_training_starts_from_the_given_initial_states():
+    """`train_hybrid(initial_states=...)` (what `calibrate` passes: the mechanistic fit's) replaces the first samples
+    in every training solve: the data's own first samples give the same loss as none; another start another one."""
+    from cgt_twin.data import read_campaign
+    from cgt_twin.fit.training import TrainConfig, train_hybrid
+    from cgt_twin.hybrid import ResidualSpec, hybrid
+    from cgt_twin.models import CHOFedBatch, Twin
+    from cgt_twin.simulate import initial_state
+
+    campaign = read_campaign(Path(__file__).resolve().parents[1] / "datasets" / "cho_fedbatch_synthetic")
+    campaign = campaign.sel(["C1-LOW", "C2-LOW"])
+    twin = Twin(hybrid(CHOFedBatch(), ResidualSpec(targets=("growth",), features=("vcd",), hidden=(2,)), seed=0))
+    noise = {v: (0.1, 0.05) for v in ("vcd", "glucose")}
+    config = TrainConfig(variables=("vcd", "glucose"), steps=1, progress=False)
+    first = {b: {"vcd": initial_state(twin.kinetics, campaign, b)[0]["vcd"]} for b in campaign.batches}
+
+    def loss(states):
+        return train_hybrid(twin, campaign, noise, config, initial_states=states).history[0]["train"]
+
+    assert loss(first) == pytest.approx(loss(None), rel=1e-12)
+    assert loss({"C1-LOW": {"vcd": 3 * first["C1-LOW"]["vcd"]}}) > 1.5 * loss(None)

@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from .data.errors import CampaignValidationError
+from .data.errors import CampaignValidationError, Problem
 
 app = typer.Typer(name="cgt-twin", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Digital twins of cell and gene therapy and biologics manufacturing.")
@@ -253,10 +253,12 @@ def predict(twin_dir: Annotated[Path, typer.Argument(help="twin artifact folder"
             seed: Annotated[int, typer.Option(help="random seed of the posterior predictive")] = 0,
             no_ensemble: Annotated[bool, typer.Option("--no-ensemble", help="ignore a residual ensemble stored in "
                                                       "the artifact (the network at its fitted weights)")] = False,
+            initial_states: Annotated[str, typer.Option(help=INITIAL_STATES_HELP)] = "fit",
             ) -> None:
     """Open-loop prediction of each batch from its initial state and protocol:
     batch,time_h,variable,mean,q05,q95,unit,phase (posterior predictive when the artifact holds a posterior; the
-    residual ensemble's spread when it holds one)."""
+    residual ensemble's spread when it holds one). On the campaign the twin was fitted on, the fitted batches start
+    from the fit's initial states (see --initial-states)."""
 
     def body():
         from .data.folder import read_campaign
@@ -270,10 +272,11 @@ def predict(twin_dir: Annotated[Path, typer.Argument(help="twin artifact folder"
         posterior = None if no_posterior else load_posterior(twin_dir)
         ensemble = None if no_ensemble else load_ensemble(twin_dir)
         campaign = read_campaign(folder)
+        start = _initial_states(twin_dir, campaign, initial_states)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             prediction = run(twin, campaign, batches=_split(batches) or None, posterior=posterior, band=band,
-                             seed=seed, ensemble=ensemble)
+                             seed=seed, ensemble=ensemble, initial_states=start or None)
         if posterior is not None:
             out.print(f"posterior predictive ({posterior.method}, {prediction.attrs['n_draws']} draws, {band} band)",
                       markup=False)
@@ -286,7 +289,8 @@ def predict(twin_dir: Annotated[Path, typer.Argument(help="twin artifact folder"
         table.to_csv(tmp, index=False)
         os.replace(tmp, out_file)
         append_provenance(twin_dir, "predict " + " ".join(sys.argv[1:]), status="ok",
-                          data_hash=campaign_hash(campaign))
+                          data_hash=campaign_hash(campaign),
+                          details={"initial_states": "the fit's" if start else "the data's"})
         out.print(f"[green]predicted[/] {prediction.sizes['batch']} batches ({len(table)} rows) -> "
                   f"{escape(str(out_file))}", markup=True)
 
@@ -300,10 +304,12 @@ def report(twin_dir: Annotated[Path, typer.Argument(help="twin artifact folder")
            no_posterior: Annotated[bool, typer.Option("--no-posterior", help="ignore a posterior stored in the "
                                                       "artifact")] = False,
            no_ensemble: Annotated[bool, typer.Option("--no-ensemble", help="ignore a residual ensemble stored in "
-                                                     "the artifact")] = False) -> None:
+                                                     "the artifact")] = False,
+           initial_states: Annotated[str, typer.Option(help=INITIAL_STATES_HELP)] = "fit") -> None:
     """Metrics (NRMSE per batch and variable) and plots (data over predicted bands, parity) of a twin on a
     campaign (posterior predictive bands when the artifact holds a posterior, with the residual ensemble's spread when
-    it holds one)."""
+    it holds one). On the campaign the twin was fitted on, the fitted batches start from the fit's initial states
+    (see --initial-states)."""
 
     def body():
         from .data.folder import read_campaign
@@ -315,25 +321,32 @@ def report(twin_dir: Annotated[Path, typer.Argument(help="twin artifact folder")
         posterior = None if no_posterior else load_posterior(twin_dir)
         ensemble = None if no_ensemble else load_ensemble(twin_dir)
         campaign = read_campaign(folder)
+        start = _initial_states(twin_dir, campaign, initial_states)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            prediction = run(twin, campaign, posterior=posterior, ensemble=ensemble)
+            prediction = run(twin, campaign, posterior=posterior, ensemble=ensemble, initial_states=start or None)
         paths = write_report(campaign, prediction, out_dir, title=f"{twin_dir.name} on {folder.name}")
         out.print(f"[green]report[/] -> {escape(str(paths['report']))}", markup=True)
 
     _run(body)
 
 
-def _fitted_initial_states(source: dict, campaign, data_hash: str) -> dict[str, dict[str, float]]:
-    """The initial states a fit estimated with the parameters (``fit_settings["initial_states"]`` of the artifact), for
-    the campaign's batches, when the campaign is the one the twin was fitted on (same data hash); otherwise none. The
-    parameters are a mode of the posterior only with these: held at the first samples instead, the curvature at the
-    twin's values can be far from positive definite."""
-    stored = source.get("fit_settings", {}).get("initial_states") or {}
-    if source.get("data_hash") != data_hash or not isinstance(stored, dict):
-        return {}
-    return {b: {str(k): float(v) for k, v in states.items()} for b, states in stored.items()
-            if b in campaign.batches and isinstance(states, dict) and states}
+INITIAL_STATES_HELP = ("where the fitted batches start: fit (the initial states the fit estimated, stored in the "
+                       "artifact, on the campaign it was fitted on) or data (their first samples); other batches "
+                       "start from their first samples")
+
+
+def _initial_states(twin_dir: Path, campaign, which: str) -> dict[str, dict[str, float]]:
+    """The initial states to start the campaign's batches from (`cgt_twin.io.load_fitted_initial_states` for
+    ``which="fit"``, none for ``"data"``), and a line saying which batches start from the fit's."""
+    from .io import load_fitted_initial_states
+
+    if which not in ("fit", "data"):
+        raise CampaignValidationError(Problem("--initial-states", f"must be 'fit' or 'data', got {which!r}"))
+    states = load_fitted_initial_states(twin_dir, campaign) if which == "fit" else {}
+    if states:
+        out.print(f"initial states of {', '.join(sorted(states))} at the fit's values", markup=False)
+    return states
 
 
 def _inherited_fit_settings(source: dict, data_hash: str, **added) -> dict:
@@ -353,7 +366,8 @@ def sample(twin_dir: Annotated[Path, typer.Argument(help="twin artifact folder (
            config: Annotated[Path | None, typer.Option(help="bayes.toml: method, forward_mode, model and sampler "
                                                           "tables")] = None,
            seed: Annotated[int | None, typer.Option(help="random seed (overrides the config's)")] = None,
-           overwrite: Annotated[bool, typer.Option(help="replace an existing output artifact")] = False) -> None:
+           overwrite: Annotated[bool, typer.Option(help="replace an existing output artifact")] = False,
+           initial_states: Annotated[str, typer.Option(help=INITIAL_STATES_HELP)] = "fit") -> None:
     """Sample the posterior of a twin on a campaign (NUTS or Laplace) and write a new artifact with it; print what
     was sampled, what was held fixed and the diagnostics. On the campaign the twin was fitted on, each batch's initial
     states are held at the fit's values (stored by `cgt-twin fit`), elsewhere at the first samples."""
@@ -375,20 +389,18 @@ def sample(twin_dir: Annotated[Path, typer.Argument(help="twin artifact folder (
         source = json.loads((twin_dir / "twin.json").read_text(encoding="utf-8"))
         campaign = read_campaign(folder)
         data_hash = campaign_hash(campaign)
-        initial_states = _fitted_initial_states(source, campaign, data_hash)
+        start = _initial_states(twin_dir, campaign, initial_states)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             warnings.simplefilter("always", PosteriorWarning)
             with warnings.catch_warnings(record=True):
                 posterior = run(twin, campaign, settings.model, settings.sampler, method=settings.method,
-                                forward_mode=settings.forward_mode, initial_states=initial_states or None)
+                                forward_mode=settings.forward_mode, initial_states=start or None)
         details = {"input_artifact": str(twin_dir), "input_content_hash": source.get("content_hash"),
                    "method": posterior.method, "sampled": list(posterior.parameters),
                    "held": sorted(posterior.held), "carried": sorted(posterior.carried),
-                   "initial_states": "the fit's" if initial_states else "the data's",
+                   "initial_states": "the fit's" if start else "the data's",
                    "problems": list(posterior.problems)}
-        if initial_states:
-            out.print(f"initial states of {', '.join(sorted(initial_states))} held at the fit's values", markup=False)
         save_twin(twin, out_dir, overwrite=overwrite, data_hash=data_hash,
                   fit_settings=_inherited_fit_settings(source, data_hash, sample=details),
                   metadata=source.get("metadata", {}), posterior=posterior, ensemble=ensemble)
@@ -418,10 +430,12 @@ def ensemble(twin_dir: Annotated[Path, typer.Argument(help="hybrid twin artifact
              no_bootstrap: Annotated[bool, typer.Option("--no-bootstrap", help="every member sees every batch "
                                                         "(members differ by their initial weights only)")] = False,
              seed: Annotated[int, typer.Option(help="random seed of the members' weights and resamples")] = 0,
-             overwrite: Annotated[bool, typer.Option(help="replace an existing output artifact")] = False) -> None:
+             overwrite: Annotated[bool, typer.Option(help="replace an existing output artifact")] = False,
+             initial_states: Annotated[str, typer.Option(help=INITIAL_STATES_HELP)] = "fit") -> None:
     """Train a deep ensemble of a hybrid twin's neural residual (K networks, each from its own seed on a bootstrap
     resample of the batches, the mechanism frozen) and write a new artifact with it; `predict` and `report` then
-    include the residual's uncertainty (a posterior of the input is carried over)."""
+    include the residual's uncertainty (a posterior of the input is carried over). On the campaign the twin was
+    fitted on, the members train from the fit's initial states, as the twin's own residual did."""
 
     def body():
         from .bayes.ensemble import train_ensemble
@@ -444,14 +458,18 @@ def ensemble(twin_dir: Annotated[Path, typer.Argument(help="hybrid twin artifact
                                                                       or ())
         left_out = tuple(b for b in left_out if b in campaign.batches)
         training_campaign = campaign.drop(left_out) if left_out else campaign
+        start = {b: v for b, v in _initial_states(twin_dir, campaign, initial_states).items()
+                 if b in training_campaign.batches}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             result = train_ensemble(twin, training_campaign, members, training, seed=seed,
-                                    bootstrap=not no_bootstrap, progress=sys.stderr.isatty())
+                                    bootstrap=not no_bootstrap, progress=sys.stderr.isatty(),
+                                    initial_states=start or None)
         data_hash = campaign_hash(campaign)
         details = {"input_artifact": str(twin_dir), "input_content_hash": source.get("content_hash"),
                    "members": result.n_members, "seeds": list(result.seeds), "bootstrap": not no_bootstrap,
-                   "holdout": list(left_out), "steps": training.steps}
+                   "holdout": list(left_out), "steps": training.steps,
+                   "initial_states": "the fit's" if start else "the data's"}
         save_twin(twin, out_dir, overwrite=overwrite, data_hash=data_hash,
                   fit_settings=_inherited_fit_settings(source, data_hash, ensemble=details),
                   metadata=source.get("metadata", {}), posterior=posterior, ensemble=result)

@@ -45,8 +45,8 @@ from .models.kinetics import AbstractKinetics
 from .models.registry import MODELS, make_kinetics
 from .models.twin import Twin
 
-__all__ = ["SCHEMA_VERSION", "save_twin", "load_twin", "load_posterior", "load_ensemble", "append_provenance",
-           "read_provenance", "verify_provenance", "campaign_hash", "ArtifactError"]
+__all__ = ["SCHEMA_VERSION", "save_twin", "load_twin", "load_posterior", "load_ensemble", "load_fitted_initial_states",
+           "append_provenance", "read_provenance", "verify_provenance", "campaign_hash", "ArtifactError"]
 
 SCHEMA_VERSION = 2
 """Version of the artifact layout this library writes; it reads this and every older one. History: 1 — first layout;
@@ -279,6 +279,47 @@ def load_posterior(path: str | os.PathLike):
     if missing:
         _fail(folder, f"the posterior samples {missing}, which the twin does not have")
     return posterior
+
+
+def load_fitted_initial_states(path: str | os.PathLike, campaign) -> dict[str, dict[str, float]]:
+    """The initial states the fit estimated with the parameters (``fit_settings["initial_states"]`` of the artifact,
+    canonical units, batch -> state -> value), for the batches of `campaign`, when `campaign` is the one the twin was
+    fitted on (its `campaign_hash` equals the artifact's data hash); otherwise, or when the fit stored none, ``{}``.
+
+    The fitted parameters belong with these states: a training batch predicted from its noisy first samples instead
+    is not the trajectory that was fitted, and the posterior's mode lies at them. Batches the fit did not see keep
+    their first samples.
+
+    Raises:
+        ArtifactError: for a missing or unreadable artifact, or stored initial states that are not positive finite
+            numbers by batch and state (the whole record is refused, never a part of it).
+    """
+    folder = Path(path)
+    meta_file = folder / "twin.json"
+    try:
+        document = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        _fail(meta_file, f"missing, unreadable or truncated ({exc})")
+    if not isinstance(document, dict):
+        _fail(meta_file, "not a cgt_twin twin artifact")
+    settings = document.get("fit_settings") or {}
+    stored = settings.get("initial_states") if isinstance(settings, dict) else None
+    if not stored or document.get("data_hash") != campaign_hash(campaign):
+        return {}
+    if not isinstance(stored, dict):
+        _fail(meta_file, f"fit_settings.initial_states must map batch -> state -> value, got {type(stored).__name__}")
+    states: dict[str, dict[str, float]] = {}
+    for batch, values in stored.items():
+        if not isinstance(values, dict):
+            _fail(meta_file, f"fit_settings.initial_states[{batch!r}] must map state -> value")
+        for state, value in values.items():
+            ok = isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value) and value > 0
+            if not ok:
+                _fail(meta_file, f"fit_settings.initial_states[{batch!r}][{state!r}] must be a positive finite "
+                                 f"number (canonical units), got {value!r}")
+        if batch in campaign.batches and values:
+            states[str(batch)] = {str(k): float(v) for k, v in values.items()}
+    return states
 
 
 def load_ensemble(path: str | os.PathLike):

@@ -47,8 +47,9 @@ class Calibration:
 
     def settings(self) -> dict:
         """What an artifact records of the calibration (JSON-able): the stages' outcomes, and the initial states the
-        mechanistic fit estimated with the parameters (batch -> state -> value, canonical units), which `cgt-twin
-        sample` holds on the same campaign."""
+        mechanistic fit estimated with the parameters (batch -> state -> value, canonical units): the network stages
+        train from them, and `cgt-twin predict`, `report`, `sample` and `ensemble` start the fitted batches from
+        them on the same campaign."""
         return {"mechanistic_status": self.mechanistic.status, "objective": self.mechanistic.objective,
                 "training_stopped": self.training.stopped if self.training else None,
                 "joint_stopped": self.joint.stopped if self.joint else None,
@@ -86,14 +87,16 @@ def calibrate(twin: Twin, campaign: Campaign, config: CalibrationConfig | None =
                                            and training_campaign.protocols[b].feeds_known])
     with_residual = Twin(hybrid(fitted.kinetics, config.residual, seed=config.mechanistic.seed, encoding=encoding),
                          fitted.params, fitted.noise)
+    start = mechanistic.initial_states  # the residual learns from the trajectories the mechanism was fitted on
     training = train_hybrid(with_residual, training_campaign, fitted.noise,
-                            dataclasses.replace(config.training, joint=False))
+                            dataclasses.replace(config.training, joint=False), initial_states=start)
     result, joint = training.twin, None
     if config.joint_steps > 0:
         parameters = tuple(config.mechanistic.parameters or ())
         joint = train_hybrid(result, training_campaign, fitted.noise,
                              dataclasses.replace(config.training, joint=True, parameters=parameters,
-                                                 steps=config.joint_steps, checkpoint_dir=None))
+                                                 steps=config.joint_steps, checkpoint_dir=None),
+                             initial_states=start)
         result = joint.twin
     return Calibration(result, mechanistic, training, joint)
 

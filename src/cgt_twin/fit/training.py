@@ -92,7 +92,8 @@ def _trainable(twin: Twin, parameters) -> dict:
 
 def train_hybrid(twin: Twin, campaign: Campaign, noise: Mapping[str, tuple[float, float]],
                  config: TrainConfig | None = None, *,
-                 batch_weights: Mapping[str, float] | None = None) -> TrainResult:
+                 batch_weights: Mapping[str, float] | None = None,
+                 initial_states: Mapping[str, Mapping[str, float]] | None = None) -> TrainResult:
     """Trains the residual of a hybrid `twin` (see the module docstring).
 
     Args:
@@ -104,6 +105,9 @@ def train_hybrid(twin: Twin, campaign: Campaign, noise: Mapping[str, tuple[float
             bootstrap resample (`cgt_twin.bayes.train_ensemble`) gives each batch the number of times it was drawn;
             a weight of 0 leaves a batch out of the loss while it is still solved, so every resample of a campaign
             has the same shapes and reuses one compilation. Validation losses are not weighted.
+        initial_states: batch -> state -> initial value (canonical units) overriding the first samples, e.g. the
+            mechanistic stage's `FitResult.initial_states`: the residual then learns what the mechanism misses
+            from the trajectories that were fitted, not from the batches' noisy first samples.
 
     Raises:
         CampaignValidationError: for bad input (before compiling).
@@ -147,7 +151,7 @@ def train_hybrid(twin: Twin, campaign: Campaign, noise: Mapping[str, tuple[float
     problems_data = {}
     for name, batches in {"train": train_batches, "validation": list(config.validation)}.items():
         if batches:
-            prepared = prepare(twin, campaign, batches=batches)
+            prepared = prepare(twin, campaign, batches=batches, initial_states=initial_states)
             data = align(campaign, prepared, variables)
             problems_data[name] = {"encoded": prepared.encoded, "values": data.values, "mask": data.mask,
                                    "censored": data.censored}
@@ -176,7 +180,9 @@ def train_hybrid(twin: Twin, campaign: Campaign, noise: Mapping[str, tuple[float
                        "config": {k: v for k, v in dataclasses.asdict(config).items()
                                   if k not in ("steps", "progress", "checkpoint_dir", "checkpoint_every")},
                        "spec": spec, "params": {k: float(v) for k, v in base_params.items()},
-                       **({"batch_weights": {b: float(weights[b]) for b in sorted(weights)}} if weights else {})})
+                       **({"batch_weights": {b: float(weights[b]) for b in sorted(weights)}} if weights else {}),
+                       **({"initial_states": {b: {k: float(v) for k, v in sorted(initial_states[b].items())}
+                                              for b in sorted(initial_states)}} if initial_states else {})})
     history: list[dict] = []
     first_step, resumed = 0, None
     state = {"trainable": trainable, "opt_state": opt_state, "best": trainable}
