@@ -69,6 +69,16 @@ def test_recovers_parameters_from_noise_free_data(noise_free):
     assert result.correlations.shape == (2, 2)
 
 
+def test_a_parameter_at_its_bound_stays_inside_it(noise_free):
+    """exp(log(10)) rounds to 10.000000000000002: a fitted value pinned at its upper bound is returned at the bound,
+    not a rounding error past it (which the twin then refused). Found when a UMN fold pinned K_glc_shift at 100 mM."""
+    start = Twin(CHOFedBatch(), {"K_gln": 10.0})  # at its upper bound; the data below barely inform it
+    result = fit_mechanistic(start, noise_free, FitConfig(variables=("vcd",), parameters=("K_gln",),
+                                                          initial_states=(), prior_weight=0.0, max_steps=2,
+                                                          rounds=1))
+    assert float(result.twin.params["K_gln"]) <= 10.0
+
+
 @pytest.mark.parametrize(("config", "phrase"), [
     (FitConfig(variables=("il2",)), "cannot predict 'il2'"),
     (FitConfig(variables=("ammonia",)), "'ammonia' has no measured values"),

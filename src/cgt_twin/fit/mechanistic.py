@@ -382,7 +382,9 @@ def fit_mechanistic(twin: Twin, campaign: Campaign, config: FitConfig | None = N
 
     fitted_log = np.clip(np.asarray(best_z["params"]), lower, upper)
     fitted = {**{k: float(v) for k, v in twin.params.items()},
-              **{name: float(np.exp(fitted_log[i])) for i, name in enumerate(parameters)}}
+              # exp(log(bound)) can round past the bound: the value is clipped to it
+              **{name: float(np.clip(np.exp(fitted_log[i]), specs[name].lower, specs[name].upper))
+                 for i, name in enumerate(parameters)}}
     initial = {b: {s: float(np.exp(best_z["initial"][i, j])) for j, s in enumerate(config.initial_states)}
                for i, b in enumerate(batches)}
     noise = {v: (float(floors[i] + np.exp(best_noise[i, 0])), float(np.exp(best_noise[i, 1])))
