@@ -102,12 +102,40 @@ def test_a_curvature_computed_once_is_reused(toy, monkeypatch):
         held_correction(model, Curvature(("mu_max",), own.log_values[1:], own.value, own.hessian[1:, 1:]))
 
     calls = []
-    counted = inference_module.curvature_at_twin
-    monkeypatch.setattr(inference_module, "curvature_at_twin", lambda m: calls.append(m.parameters) or counted(m))
+    for name in ("curvature_at_twin", "curvature_at_mode"):
+        counted = getattr(inference_module, name)
+        monkeypatch.setattr(inference_module, name,
+                            lambda m, counted=counted, name=name, **kw: calls.append((name, m.parameters))
+                            or counted(m, **kw))
     choose = dataclasses.replace(CARRIED, parameters=None, max_parameters=1, shrinkage=1.0)
     posterior = sample(twin, campaign, choose, NutsConfig(draws=500, chains=1), method="laplace", forward_mode=True)
     assert posterior.parameters == ("mu_max",) and set(posterior.carried) == {"k_d"}
-    assert calls == [("mu_max", "k_d")]  # once, over every candidate; the correction took its block
+    # once, at the mode, over every candidate; the subset was chosen from it and the correction took its block
+    assert calls == [("curvature_at_mode", ("mu_max", "k_d"))]
+
+
+def test_sample_centres_the_correction_at_the_mode(toy):
+    """A twin off the mode (a fit stopped short): `sample` moves the parameters to the mode before the correction,
+    centres the carried draws there, records and reports the move, and leaves the twin passed in unchanged."""
+    campaign, at_mode, full = toy
+    mode_kd = float(at_mode.params["k_d"])
+    off = at_mode.with_params(k_d=1.3 * mode_kd)
+    posterior = sample(off, campaign, CARRIED, NutsConfig(draws=4000, chains=1), method="laplace",
+                       forward_mode=True)
+    assert posterior.carried["k_d"] == pytest.approx(mode_kd, rel=1e-3)
+    assert float(np.exp(np.median(posterior.flat("log_k_d")))) == pytest.approx(mode_kd, rel=0.05)
+    np.testing.assert_allclose(_log_sd(posterior, "mu_max"), _log_sd(full, "mu_max"), rtol=0.08)
+    search = posterior.meta["held_uncertainty"]["mode"]
+    assert search["values"]["k_d"]["twin"] == pytest.approx(1.3 * mode_kd)
+    assert search["values"]["k_d"]["change"] == pytest.approx(1 / 1.3 - 1, rel=1e-2)
+    assert search["potential"][1] < search["potential"][0]
+    assert "centred at the posterior mode" in posterior.report() and "k_d -23 %" in posterior.report()
+    assert float(off.params["k_d"]) == 1.3 * mode_kd
+    # at the mode already, nothing moves
+    found = off.with_params(**{n: v["mode"] for n, v in search["values"].items()})
+    still = sample(found, campaign, CARRIED, NutsConfig(draws=500, chains=1), method="laplace", forward_mode=True)
+    assert all(abs(v["change"]) < 1e-4 for v in still.meta["held_uncertainty"]["mode"]["values"].values())
+    assert "no parameter moved" in still.report()
 
 
 def test_laplace_posterior_gets_the_marginal_spread(toy, corrected):

@@ -19,6 +19,7 @@ from .held import HELD_UNCERTAINTY, HeldCorrection
 from .inference import (
     Curvature,
     NutsConfig,
+    curvature_at_mode,
     curvature_at_twin,
     gradient_times,
     held_correction,
@@ -33,7 +34,7 @@ from .plots import plot_pairs, plot_predictive_bands, plot_trace
 from .posterior import POSTERIOR_FILES, THRESHOLDS, Posterior, PosteriorWarning
 from .predictive import BANDS, batch_parameter_draws, predictive_bands, predictive_draws
 
-__all__ = ["BANDS", "Curvature", "curvature_at_twin", "ENSEMBLE_FILES", "HELD_UNCERTAINTY", "HeldCorrection", "held_correction",
+__all__ = ["BANDS", "Curvature", "curvature_at_mode", "curvature_at_twin", "ENSEMBLE_FILES", "HELD_UNCERTAINTY", "HeldCorrection", "held_correction",
            "NUMERICAL_PARAMETERS", "POSTERIOR_FILES", "ResidualEnsemble", "ensemble_bands",
            "ensemble_draws", "train_ensemble", "THRESHOLDS", "BayesConfig", "NutsConfig", "Posterior",
            "PosteriorWarning", "Prior", "TwinModel", "batch_parameter_draws", "build_model", "gradient_times", "laplace",

@@ -107,8 +107,8 @@ def laplace_correction(hessian: np.ndarray, names: Sequence[str], sampled: Seque
         concerned = _loaded(vectors[:, small], names)
         _fail(f"the curvature of the log posterior at the twin's values is not positive definite (smallest "
               f"eigenvalue {eigenvalues.min():.3g}) along {', '.join(concerned)}: the twin's values are not a mode "
-              "of the posterior in these parameters; refit, sample them (BayesConfig.parameters), or use "
-              "held_uncertainty='none'")
+              "of the posterior in these parameters; refit, sample them (BayesConfig.parameters), start from the mode "
+              "(cgt_twin.bayes.sample does: curvature_at_mode), or use held_uncertainty='none'")
     s_index = [names.index(p) for p in sampled]
     h_index = [names.index(p) for p in held]
     h_ss = h_full[np.ix_(s_index, s_index)]

@@ -38,7 +38,7 @@ from ..models.twin import Twin
 from ..simulate import EncodedBatch, SolverSettings, _observe, _solve_batches, prepare
 from .held import HELD_UNCERTAINTY
 
-__all__ = ["Prior", "BayesConfig", "TwinModel", "build_model", "NUMERICAL_PARAMETERS"]
+__all__ = ["Prior", "BayesConfig", "TwinModel", "build_model", "carriable_parameters", "NUMERICAL_PARAMETERS"]
 
 NUMERICAL_PARAMETERS = ("eps_switch",)
 """Parameters of the numerics, not the biology: never sampled."""
@@ -493,13 +493,19 @@ def _joint_model(twin: Twin, campaign: Campaign, config: BayesConfig, parameters
     or None when there is nothing to carry."""
     if config.held_uncertainty != "laplace":
         return None
-    carried = [p.name for p in twin.kinetics.parameters
-               if p.positive and p.name not in NUMERICAL_PARAMETERS and p.name not in parameters
-               and _inside_support(p, config.priors.get(p.name), float(np.asarray(twin.params[p.name])))]
+    carried = [p for p in carriable_parameters(twin, config) if p not in parameters]
     if not carried:
         return None
     return build_model(twin, campaign, curvature_config(config, (*parameters, *carried)), batches=batches,
                        initial_states=initial_states, forward_mode=forward_mode)
+
+
+def carriable_parameters(twin: Twin, config: BayesConfig) -> tuple[str, ...]:
+    """The kinetic parameters whose uncertainty the Laplace correction can carry when held: positive (sampled on
+    the log scale), not numerical, and at a value strictly inside their prior support."""
+    return tuple(p.name for p in twin.kinetics.parameters
+                 if p.positive and p.name not in NUMERICAL_PARAMETERS
+                 and _inside_support(p, config.priors.get(p.name), float(np.asarray(twin.params[p.name]))))
 
 
 def curvature_config(config: BayesConfig, parameters: Sequence[str]) -> BayesConfig:

@@ -64,7 +64,8 @@ class Posterior:
         meta: what was sampled and held (JSON-able): method, parameters, units, held values, hierarchical
             parameters, group covariate and levels, batches and their groups, variables and the base noise,
             settings, run time; ``held_uncertainty`` (with the correction): the carried parameters, their fit
-            values and log sds, the gain and the seed of their draws.
+            values and log sds, the gain and the seed of their draws, and (``mode``, from `sample`) where the
+            mode search moved the twin's values before sampling (`cgt_twin.bayes.Curvature.search`).
         diagnostics: computed diagnostics (see `THRESHOLDS`).
         problems: the diagnostics that missed their thresholds, in words.
     """
@@ -283,6 +284,16 @@ class Posterior:
                          + ", ".join(f"{p} {held['log_sd'][p]:.3g}" for p in self.carried)
                          + (f" (computed in {seconds:.1f} s)" if isinstance(seconds, int | float) else "")
                          + "; diagnostics are those of the sampler's draws before the correction")
+            mode = held.get("mode")
+            if mode:
+                moved = sorted(((n, v["change"]) for n, v in mode["values"].items() if abs(v["change"]) >= 1e-4),
+                               key=lambda item: -abs(item[1]))
+                before, after = mode["potential"]
+                lines.append("centred at the posterior mode found from the twin's values (negative log posterior "
+                             f"{before:.6g} -> {after:.6g}): "
+                             + (", ".join(f"{n} {100 * c:+.2g} %" for n, c in moved[:6])
+                                + (f" and {len(moved) - 6} more" if len(moved) > 6 else "")
+                                if moved else "no parameter moved by 0.01 % or more"))
         if self.method == "nuts":
             lines.append(f"R-hat max {d['r_hat_max']:.3f}; ESS bulk min {d['ess_bulk_min']:.0f}, tail min "
                          f"{d['ess_tail_min']:.0f}; divergences {d['divergences']}; E-BFMI min "
