@@ -130,6 +130,7 @@ def test_sample_centres_the_correction_at_the_mode(toy):
     assert search["values"]["k_d"]["change"] == pytest.approx(1 / 1.3 - 1, rel=1e-2)
     assert search["potential"][1] < search["potential"][0]
     assert "centred at the posterior mode" in posterior.report() and "k_d -23 %" in posterior.report()
+    assert "k_d -23 %" in posterior._repr_html_()
     assert float(off.params["k_d"]) == 1.3 * mode_kd
     # at the mode already, nothing moves
     found = off.with_params(**{n: v["mode"] for n, v in search["values"].items()})
@@ -233,7 +234,7 @@ def test_saved_and_loaded_with_the_twin(toy, corrected, tmp_path):
     assert "k_d" in idata.posterior and float(idata.posterior["k_d"].std()) > 0
     assert "k_d" in loaded.summary().index
     html = loaded._repr_html_()
-    assert "Laplace" in html and "k_d" in html
+    assert "carried by the Laplace correction (log sd at the fit): k_d" in html
     assert "carried by the Laplace correction" in repr(loaded)
 
 

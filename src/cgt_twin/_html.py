@@ -231,8 +231,8 @@ def _summary_rows(posterior) -> tuple[list[str], list[list[str]]]:
 
 
 def posterior_html(posterior) -> str:
-    """Summary of a `cgt_twin.bayes.Posterior`: method, chains × draws, what was sampled (with units) and what was held
-    fixed, the `Posterior.summary` table (mean, sd, HDI, R-hat, bulk / tail ESS; spec units) and the diagnostics
+    """Summary of a `cgt_twin.bayes.Posterior`: method, chains × draws, what was sampled (with units), what was held
+    fixed and what the Laplace correction carried, the `Posterior.summary` table (mean, sd, HDI, R-hat, bulk / tail ESS; spec units) and the diagnostics
     against `cgt_twin.bayes.THRESHOLDS`, every failed check in bold red."""
     meta = posterior.meta
     ok = posterior.check()
@@ -254,6 +254,7 @@ def posterior_html(posterior) -> str:
     held = posterior.held
     lines.append("held fixed: " + (", ".join(f"{k} = {_number(v)} {units.get(k, '')}".rstrip()
                                               for k, v in held.items()) or "nothing"))
+    lines += posterior.correction_lines()
     lines.append(f"{len(meta.get('batches', []))} batches")
     parts = [head, "<br>".join(_esc(line) for line in lines)]
     if meta.get("description"):

@@ -272,28 +272,35 @@ class Posterior:
                                                   if k in self.sampled_sites]]
         return az.summary(self.to_arviz(), var_names=names, kind="all" if self.method == "nuts" else "stats")
 
+    def correction_lines(self) -> list[str]:
+        """What the Laplace correction of the held parameters did, in words (none without it): the carried
+        parameters with their log sds, and where `sample` moved the twin's values to the mode first."""
+        if not self.carried:
+            return []
+        held = self.meta["held_uncertainty"]
+        seconds = held.get("seconds")
+        lines = ["held parameters' uncertainty carried by the Laplace correction (log sd at the fit): "
+                 + ", ".join(f"{p} {held['log_sd'][p]:.3g}" for p in self.carried)
+                 + (f" (computed in {seconds:.1f} s)" if isinstance(seconds, int | float) else "")
+                 + "; diagnostics are those of the sampler's draws before the correction"]
+        mode = held.get("mode")
+        if mode:
+            moved = sorted(((n, v["change"]) for n, v in mode["values"].items() if abs(v["change"]) >= 1e-4),
+                           key=lambda item: -abs(item[1]))
+            before, after = mode["potential"]
+            lines.append("centred at the posterior mode found from the twin's values (negative log posterior "
+                         f"{before:.6g} -> {after:.6g}): "
+                         + (", ".join(f"{n} {100 * c:+.2g} %" for n, c in moved[:6])
+                            + (f" and {len(moved) - 6} more" if len(moved) > 6 else "")
+                            if moved else "no parameter moved by 0.01 % or more"))
+        return lines
+
     def report(self) -> str:
         """A few lines: what was sampled and held, and the diagnostics against their thresholds."""
         d = self.diagnostics
         lines = [f"posterior by {self.method}: {self.n_chains} chain(s) × {self.n_draws} draws",
                  self.meta.get("description", "")]
-        if self.carried:
-            held = self.meta["held_uncertainty"]
-            seconds = held.get("seconds")
-            lines.append("held parameters' uncertainty carried by the Laplace correction (log sd at the fit): "
-                         + ", ".join(f"{p} {held['log_sd'][p]:.3g}" for p in self.carried)
-                         + (f" (computed in {seconds:.1f} s)" if isinstance(seconds, int | float) else "")
-                         + "; diagnostics are those of the sampler's draws before the correction")
-            mode = held.get("mode")
-            if mode:
-                moved = sorted(((n, v["change"]) for n, v in mode["values"].items() if abs(v["change"]) >= 1e-4),
-                               key=lambda item: -abs(item[1]))
-                before, after = mode["potential"]
-                lines.append("centred at the posterior mode found from the twin's values (negative log posterior "
-                             f"{before:.6g} -> {after:.6g}): "
-                             + (", ".join(f"{n} {100 * c:+.2g} %" for n, c in moved[:6])
-                                + (f" and {len(moved) - 6} more" if len(moved) > 6 else "")
-                                if moved else "no parameter moved by 0.01 % or more"))
+        lines += self.correction_lines()
         if self.method == "nuts":
             lines.append(f"R-hat max {d['r_hat_max']:.3f}; ESS bulk min {d['ess_bulk_min']:.0f}, tail min "
                          f"{d['ess_tail_min']:.0f}; divergences {d['divergences']}; E-BFMI min "
