@@ -232,8 +232,8 @@ def _summary_rows(posterior) -> tuple[list[str], list[list[str]]]:
 
 def posterior_html(posterior) -> str:
     """Summary of a `cgt_twin.bayes.Posterior`: method, chains × draws, what was sampled (with units), what was held
-    fixed and what the Laplace correction carried, the `Posterior.summary` table (mean, sd, HDI, R-hat, bulk / tail ESS; spec units) and the diagnostics
-    against `cgt_twin.bayes.THRESHOLDS`, every failed check in bold red."""
+    fixed and what the Laplace correction carried, the `Posterior.summary` table (mean, sd, HDI, R-hat, bulk / tail
+    ESS; spec units) and the diagnostics against `cgt_twin.bayes.THRESHOLDS`, every failed check in bold red."""
     meta = posterior.meta
     ok = posterior.check()
     status = "all diagnostics met their thresholds" if ok else f"{len(posterior.problems)} diagnostic(s) failed"

@@ -241,6 +241,24 @@ def fit(folder: Annotated[Path, typer.Argument(help="campaign folder")],
     _run(body)
 
 
+INITIAL_STATES_HELP = ("where the fitted batches start: fit (the initial states the fit estimated, stored in the "
+                       "artifact, on the campaign it was fitted on) or data (their first samples); other batches "
+                       "start from their first samples")
+
+
+def _initial_states(twin_dir: Path, campaign, which: str) -> dict[str, dict[str, float]]:
+    """The initial states to start the campaign's batches from (`cgt_twin.io.load_fitted_initial_states` for
+    ``which="fit"``, none for ``"data"``), and a line saying which batches start from the fit's."""
+    from .io import load_fitted_initial_states
+
+    if which not in ("fit", "data"):
+        raise CampaignValidationError(Problem("--initial-states", f"must be 'fit' or 'data', got {which!r}"))
+    states = load_fitted_initial_states(twin_dir, campaign) if which == "fit" else {}
+    if states:
+        out.print(f"initial states of {', '.join(sorted(states))} at the fit's values", markup=False)
+    return states
+
+
 @app.command()
 def predict(twin_dir: Annotated[Path, typer.Argument(help="twin artifact folder")],
             folder: Annotated[Path, typer.Argument(help="campaign folder")],
@@ -329,24 +347,6 @@ def report(twin_dir: Annotated[Path, typer.Argument(help="twin artifact folder")
         out.print(f"[green]report[/] -> {escape(str(paths['report']))}", markup=True)
 
     _run(body)
-
-
-INITIAL_STATES_HELP = ("where the fitted batches start: fit (the initial states the fit estimated, stored in the "
-                       "artifact, on the campaign it was fitted on) or data (their first samples); other batches "
-                       "start from their first samples")
-
-
-def _initial_states(twin_dir: Path, campaign, which: str) -> dict[str, dict[str, float]]:
-    """The initial states to start the campaign's batches from (`cgt_twin.io.load_fitted_initial_states` for
-    ``which="fit"``, none for ``"data"``), and a line saying which batches start from the fit's."""
-    from .io import load_fitted_initial_states
-
-    if which not in ("fit", "data"):
-        raise CampaignValidationError(Problem("--initial-states", f"must be 'fit' or 'data', got {which!r}"))
-    states = load_fitted_initial_states(twin_dir, campaign) if which == "fit" else {}
-    if states:
-        out.print(f"initial states of {', '.join(sorted(states))} at the fit's values", markup=False)
-    return states
 
 
 def _inherited_fit_settings(source: dict, data_hash: str, **added) -> dict:
