@@ -136,7 +136,8 @@ def test_writes_are_atomic_refuse_overwrite_and_keep_the_log(tmp_path):
 
 def test_fitted_initial_states_belong_to_the_fitted_campaign(tmp_path):
     """The fit's initial states come back for the campaign fitted on (its batches only), nothing for another
-    campaign or an artifact without them; a damaged record is refused whole, naming the batch and state."""
+    campaign, an artifact without them or a hybrid twin; a damaged record is refused whole, naming the batch and
+    state."""
     from test_bayes_toy import growth_campaign
 
     campaign = growth_campaign({"A": {}, "B": {}}, seed=1)
@@ -147,6 +148,10 @@ def test_fitted_initial_states_belong_to_the_fitted_campaign(tmp_path):
     assert load_fitted_initial_states(folder, campaign.sel(["A"])) == {}  # another campaign: another hash
     bare = save_twin(Twin(CHOFedBatch()), tmp_path / "bare", data_hash=campaign_hash(campaign))
     assert load_fitted_initial_states(bare, campaign) == {}
+    # a hybrid's network was trained from the measured starts: its batches start there
+    hybrid = save_twin(_hybrid_twin(), tmp_path / "hybrid", data_hash=campaign_hash(campaign),
+                       fit_settings={"initial_states": stored})
+    assert load_fitted_initial_states(hybrid, campaign) == {}
     for bad in (-0.2, float("nan"), "0.2", True):
         document = json.loads((folder / "twin.json").read_text())
         document["fit_settings"]["initial_states"]["B"]["vcd"] = bad

@@ -241,9 +241,9 @@ def fit(folder: Annotated[Path, typer.Argument(help="campaign folder")],
     _run(body)
 
 
-INITIAL_STATES_HELP = ("where the fitted batches start: fit (the initial states the fit estimated, stored in the "
-                       "artifact, on the campaign it was fitted on) or data (their first samples); other batches "
-                       "start from their first samples")
+INITIAL_STATES_HELP = ("where the fitted batches of a mechanistic twin start: fit (the initial states the fit "
+                       "estimated, stored in the artifact, on the campaign it was fitted on) or data (their first "
+                       "samples); other batches, and every batch of a hybrid twin, start from their first samples")
 
 
 def _initial_states(twin_dir: Path, campaign, which: str) -> dict[str, dict[str, float]]:
@@ -275,8 +275,8 @@ def predict(twin_dir: Annotated[Path, typer.Argument(help="twin artifact folder"
             ) -> None:
     """Open-loop prediction of each batch from its initial state and protocol:
     batch,time_h,variable,mean,q05,q95,unit,phase (posterior predictive when the artifact holds a posterior; the
-    residual ensemble's spread when it holds one). On the campaign the twin was fitted on, the fitted batches start
-    from the fit's initial states (see --initial-states)."""
+    residual ensemble's spread when it holds one). On the campaign a mechanistic twin was fitted on, the fitted
+    batches start from the fit's initial states (see --initial-states)."""
 
     def body():
         from .data.folder import read_campaign
@@ -326,8 +326,8 @@ def report(twin_dir: Annotated[Path, typer.Argument(help="twin artifact folder")
            initial_states: Annotated[str, typer.Option(help=INITIAL_STATES_HELP)] = "fit") -> None:
     """Metrics (NRMSE per batch and variable) and plots (data over predicted bands, parity) of a twin on a
     campaign (posterior predictive bands when the artifact holds a posterior, with the residual ensemble's spread when
-    it holds one). On the campaign the twin was fitted on, the fitted batches start from the fit's initial states
-    (see --initial-states)."""
+    it holds one). On the campaign a mechanistic twin was fitted on, the fitted batches start from the fit's initial
+    states (see --initial-states)."""
 
     def body():
         from .data.folder import read_campaign
@@ -369,8 +369,9 @@ def sample(twin_dir: Annotated[Path, typer.Argument(help="twin artifact folder (
            overwrite: Annotated[bool, typer.Option(help="replace an existing output artifact")] = False,
            initial_states: Annotated[str, typer.Option(help=INITIAL_STATES_HELP)] = "fit") -> None:
     """Sample the posterior of a twin on a campaign (NUTS or Laplace) and write a new artifact with it; print what
-    was sampled, what was held fixed and the diagnostics. On the campaign the twin was fitted on, each batch's initial
-    states are held at the fit's values (stored by `cgt-twin fit`), elsewhere at the first samples."""
+    was sampled, what was held fixed and the diagnostics. On the campaign a mechanistic twin was fitted on, each
+    batch's initial states are held at the fit's values (stored by `cgt-twin fit`), elsewhere (and for a hybrid
+    twin, whose network was trained from the measured starts) at the first samples."""
 
     def body():
         from .bayes import PosteriorWarning
@@ -430,12 +431,10 @@ def ensemble(twin_dir: Annotated[Path, typer.Argument(help="hybrid twin artifact
              no_bootstrap: Annotated[bool, typer.Option("--no-bootstrap", help="every member sees every batch "
                                                         "(members differ by their initial weights only)")] = False,
              seed: Annotated[int, typer.Option(help="random seed of the members' weights and resamples")] = 0,
-             overwrite: Annotated[bool, typer.Option(help="replace an existing output artifact")] = False,
-             initial_states: Annotated[str, typer.Option(help=INITIAL_STATES_HELP)] = "fit") -> None:
+             overwrite: Annotated[bool, typer.Option(help="replace an existing output artifact")] = False) -> None:
     """Train a deep ensemble of a hybrid twin's neural residual (K networks, each from its own seed on a bootstrap
     resample of the batches, the mechanism frozen) and write a new artifact with it; `predict` and `report` then
-    include the residual's uncertainty (a posterior of the input is carried over). On the campaign the twin was
-    fitted on, the members train from the fit's initial states, as the twin's own residual did."""
+    include the residual's uncertainty (a posterior of the input is carried over)."""
 
     def body():
         from .bayes.ensemble import train_ensemble
@@ -458,18 +457,14 @@ def ensemble(twin_dir: Annotated[Path, typer.Argument(help="hybrid twin artifact
                                                                       or ())
         left_out = tuple(b for b in left_out if b in campaign.batches)
         training_campaign = campaign.drop(left_out) if left_out else campaign
-        start = {b: v for b, v in _initial_states(twin_dir, campaign, initial_states).items()
-                 if b in training_campaign.batches}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             result = train_ensemble(twin, training_campaign, members, training, seed=seed,
-                                    bootstrap=not no_bootstrap, progress=sys.stderr.isatty(),
-                                    initial_states=start or None)
+                                    bootstrap=not no_bootstrap, progress=sys.stderr.isatty())
         data_hash = campaign_hash(campaign)
         details = {"input_artifact": str(twin_dir), "input_content_hash": source.get("content_hash"),
                    "members": result.n_members, "seeds": list(result.seeds), "bootstrap": not no_bootstrap,
-                   "holdout": list(left_out), "steps": training.steps,
-                   "initial_states": "the fit's" if start else "the data's"}
+                   "holdout": list(left_out), "steps": training.steps}
         save_twin(twin, out_dir, overwrite=overwrite, data_hash=data_hash,
                   fit_settings=_inherited_fit_settings(source, data_hash, ensemble=details),
                   metadata=source.get("metadata", {}), posterior=posterior, ensemble=result)

@@ -110,7 +110,7 @@ def _calibrate(campaign: Campaign, out: Path, console: Console, training_steps: 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         result = calibrate(Twin(CHOFedBatch(lactate_consumption=True)), campaign, config)
-        prediction = predict(result.twin, campaign, initial_states=result.mechanistic.initial_states)
+        prediction = predict(result.twin, campaign)
     paths = {"twin": out / "twin", "report_dir": out / "report"}
     data_hash = campaign_hash(campaign)
     save_twin(result.twin, paths["twin"], overwrite=True, data_hash=data_hash,

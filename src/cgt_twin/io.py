@@ -288,7 +288,8 @@ def load_fitted_initial_states(path: str | os.PathLike, campaign) -> dict[str, d
 
     The fitted parameters belong with these states: a training batch predicted from its noisy first samples instead
     is not the trajectory that was fitted, and the posterior's mode lies at them. Batches the fit did not see keep
-    their first samples.
+    their first samples, and so does every batch of a hybrid twin (``{}``): its network was trained from the measured
+    starts (`cgt_twin.fit.calibrate`).
 
     Raises:
         ArtifactError: for a missing or unreadable artifact, or stored initial states that are not positive finite
@@ -304,7 +305,8 @@ def load_fitted_initial_states(path: str | os.PathLike, campaign) -> dict[str, d
         _fail(meta_file, "not a cgt_twin twin artifact")
     settings = document.get("fit_settings") or {}
     stored = settings.get("initial_states") if isinstance(settings, dict) else None
-    if not stored or document.get("data_hash") != campaign_hash(campaign):
+    hybrid = isinstance(document.get("model"), dict) and document["model"].get("residual") is not None
+    if not stored or hybrid or document.get("data_hash") != campaign_hash(campaign):
         return {}
     if not isinstance(stored, dict):
         _fail(meta_file, f"fit_settings.initial_states must map batch -> state -> value, got {type(stored).__name__}")

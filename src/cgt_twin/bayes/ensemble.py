@@ -255,8 +255,7 @@ class ResidualEnsemble:
 
 def train_ensemble(twin: Twin, campaign: Campaign, n_members: int = 5, config=None, *, seed: int = 0,
                    bootstrap: bool = True, progress: bool = True,
-                   noise: Mapping[str, tuple[float, float]] | None = None,
-                   initial_states: Mapping[str, Mapping[str, float]] | None = None) -> ResidualEnsemble:
+                   noise: Mapping[str, tuple[float, float]] | None = None) -> ResidualEnsemble:
     """Trains a deep ensemble of the hybrid `twin`'s neural residual (see the module docstring).
 
     Args:
@@ -270,9 +269,6 @@ def train_ensemble(twin: Twin, campaign: Campaign, n_members: int = 5, config=No
         bootstrap: resample the training batches with replacement (False: every member sees every batch once).
         progress: a progress bar over members.
         noise: variable -> (σ_abs, σ_rel) of the loss (default: the twin's noise model).
-        initial_states: batch -> state -> initial value (canonical units) the members train from instead of the
-            first samples: the fit's (`FitResult.initial_states`, `cgt_twin.io.load_fitted_initial_states`), as the
-            twin's own residual was trained (`cgt_twin.fit.calibrate`).
 
     Raises:
         CampaignValidationError: for bad input (before anything is compiled).
@@ -314,8 +310,7 @@ def train_ensemble(twin: Twin, campaign: Campaign, n_members: int = 5, config=No
             member_config = settings if not config.checkpoint_dir else dataclasses.replace(
                 settings, checkpoint_dir=str(Path(config.checkpoint_dir) / f"member_{k:03d}"))
             weights = {b: int(c) for b, c in zip(train_batches, member_counts, strict=True)}
-            result = train_hybrid(member, campaign, noise, member_config, batch_weights=weights,
-                                  initial_states=initial_states)
+            result = train_hybrid(member, campaign, noise, member_config, batch_weights=weights)
             residuals.append(result.twin.kinetics.residual)
             last = result.history[-1] if result.history else {}
             records.append({"seed": member_seed, "final_train": last.get("train"),

@@ -105,9 +105,10 @@ def train_hybrid(twin: Twin, campaign: Campaign, noise: Mapping[str, tuple[float
             bootstrap resample (`cgt_twin.bayes.train_ensemble`) gives each batch the number of times it was drawn;
             a weight of 0 leaves a batch out of the loss while it is still solved, so every resample of a campaign
             has the same shapes and reuses one compilation. Validation losses are not weighted.
-        initial_states: batch -> state -> initial value (canonical units) overriding the first samples, e.g. the
-            mechanistic stage's `FitResult.initial_states`: the residual then learns what the mechanism misses
-            from the trajectories that were fitted, not from the batches' noisy first samples.
+        initial_states: batch -> state -> initial value (canonical units) overriding the measured starts (e.g.
+            initial states known better than the first samples). `cgt_twin.fit.calibrate` does not pass the
+            mechanistic stage's fitted ones: they absorb part of the model error the network should learn (see
+            there).
 
     Raises:
         CampaignValidationError: for bad input (before compiling).
