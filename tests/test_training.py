@@ -202,3 +202,5 @@ def test_training_starts_from_the_given_initial_states():
 
     assert loss(first) == pytest.approx(loss(None), rel=1e-12)
     assert loss({"C1-LOW": {"vcd": 3 * first["C1-LOW"]["vcd"]}}) > 1.5 * loss(None)
+    with pytest.raises(CampaignValidationError, match="'C9' is not a batch of the campaign"):
+        loss({"C9": {"vcd": 1.0}})

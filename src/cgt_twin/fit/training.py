@@ -136,6 +136,8 @@ def train_hybrid(twin: Twin, campaign: Campaign, noise: Mapping[str, tuple[float
         problems.append(Problem("campaign", "no training batches left"))
     problems += [Problem("parameters", f"unknown parameter {p!r}") for p in config.parameters
                  if p not in twin.params]
+    problems += [Problem("initial_states", f"{b!r} is not a batch of the campaign", batch=str(b))
+                 for b in (initial_states or {}) if b not in campaign.batches]
     weights = dict(batch_weights or {})
     problems += [Problem("batch_weights", f"{b!r} is not a training batch", batch=str(b)) for b in weights
                  if b not in train_batches]
