@@ -605,11 +605,11 @@ def sample(twin: Twin, campaign: Campaign, config: BayesConfig | None = None, nu
         forward_mode = True  # for the identifiable subset's Hessian (forward over forward: exact)
     curvature = None
     asked = tuple(config.parameters or ())
-    if config.held_uncertainty == "laplace" and (config.parameters is None
-                                                 or set(carriable_parameters(twin, config)) - set(asked)):
+    carriable = carriable_parameters(twin, config)
+    if config.held_uncertainty == "laplace" and (config.parameters is None or set(carriable) - set(asked)):
         # the correction expands about a mode: move the twin there first (the candidates the correction carries,
         # and any parameter asked for), so NUTS's held values, its start and the correction's centre agree
-        names = list(dict.fromkeys((*carriable_parameters(twin, config), *asked)))
+        names = list(dict.fromkeys((*carriable, *asked)))
         curvature = curvature_at_mode(build_model(twin, campaign, curvature_config(config, names),
                                                   forward_mode=forward_mode, **build_kwargs))
         if not _solve_failed(curvature.value):
