@@ -82,13 +82,13 @@ def test_config_file_errors(tmp_path):
     path.write_text('[sampler]\nindependent_batches = true\ntarget_accept = 0.95\nmode_steps = 0\n')
     sampler = read_bayes_config(path).sampler
     assert sampler.independent_batches is True and sampler.target_accept == 0.95 and sampler.mode_steps == 0
-    path.write_text('[sampler]\nchains = 0\ntarget_accept = 1\nmode_steps = -1\nchain_method = "parallel"\n')
+    path.write_text('[sampler]\nchains = 0\ntarget_accept = 1\nmode_steps = -1\nchain_method = "pmap"\n')
     with pytest.raises(CampaignValidationError) as exc:
         read_bayes_config(path)
     text = _messages(exc)
     assert str(path) in str(exc.value) and "[sampler]: chains must be an integer >= 1, got 0" in text
     assert "target_accept must be in (0, 1), got 1" in text and "mode_steps must be an integer >= 0" in text
-    assert "chain_method must be 'vectorized' or 'sequential'" in text
+    assert "chain_method must be one of 'vectorized', 'sequential', 'parallel', got 'pmap'" in text
     with pytest.raises(CampaignValidationError, match="init_jitter must be a finite number"):
         NutsConfig(init_jitter=math.inf)
     path.write_text('forward_mode = "fast"\n')

@@ -11,8 +11,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import threading
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 import jax
@@ -43,6 +45,9 @@ __all__ = ["NutsConfig", "sample_nuts", "laplace", "select_identifiable", "poten
            "held_correction", "Curvature", "curvature_at_twin", "curvature_at_mode"]
 
 
+CHAIN_METHODS = ("vectorized", "sequential", "parallel")
+
+
 @dataclasses.dataclass(frozen=True)
 class NutsConfig:
     """NUTS settings.
@@ -50,7 +55,13 @@ class NutsConfig:
     Attributes:
         chains, warmup, draws: number of chains, warm-up iterations and kept draws per chain.
         chain_method: ``"vectorized"`` (all chains in one vmapped kernel: one compilation; measured fastest on a
-            2-core CPU) or ``"sequential"``.
+            2-core CPU with one JAX device), ``"sequential"``, or ``"parallel"``: the chains split into as many
+            groups as there are JAX devices (at most one per chain), each group vectorised on its own device, the
+            groups run at once from one thread each. XLA runs one vectorised kernel on one CPU core, so with one
+            device the other cores stay idle; on a CPU, make one device per core by setting
+            ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` before JAX is first imported (or calling
+            `numpyro.set_host_device_count(N)` first). Each group adapts its own step sizes and mass matrices, as
+            each chain does anyway. Refused with fewer than two devices, and with `independent_batches`.
         dense_mass: adapt a dense mass matrix (started from the Laplace covariance at the starting point).
         target_accept: target acceptance probability of step-size adaptation.
         max_tree_depth: maximum tree depth (2^depth − 1 leapfrog steps).
@@ -96,9 +107,12 @@ class NutsConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 bad.append(Problem("sampler", f"{name} must be an integer >= {least}, got {value!r}", column=name))
-        if self.chain_method not in ("vectorized", "sequential"):
-            bad.append(Problem("sampler", f"chain_method must be 'vectorized' or 'sequential', got "
+        if self.chain_method not in CHAIN_METHODS:
+            bad.append(Problem("sampler", f"chain_method must be one of {', '.join(map(repr, CHAIN_METHODS))}, got "
                                           f"{self.chain_method!r}", column="chain_method"))
+        if self.chain_method == "parallel" and self.independent_batches is True:
+            bad.append(Problem("sampler", "chain_method='parallel' cannot be combined with independent_batches (all "
+                                          "batches and chains run in one vectorised kernel)", column="chain_method"))
         if not (isinstance(self.target_accept, (int, float)) and 0 < self.target_accept < 1):
             bad.append(Problem("sampler", f"target_accept must be in (0, 1), got {self.target_accept!r}",
                                column="target_accept"))
@@ -432,9 +446,10 @@ def sample_nuts(twin_model: TwinModel, config: NutsConfig | None = None, *,
     config = config or NutsConfig()
     if config.independent_batches:
         return _sample_batches_independently(twin_model, config)
+    devices = _chain_devices(config) if config.chain_method == "parallel" else None
     start = time.perf_counter()
     correction = held_correction(twin_model, curvature)  # before sampling: a bad curvature fails in seconds
-    x0, fn, unravel, _ = potential(twin_model, config.seed)
+    x0, fn, unravel, postprocess = potential(twin_model, config.seed)
     x0 = np.asarray(x0)
     if config.mode_steps > 0:
         x0, hessian, _ = _joint_mode(fn, x0, twin_model.forward_mode, config.mode_steps)
@@ -445,23 +460,90 @@ def sample_nuts(twin_model: TwinModel, config: NutsConfig | None = None, *,
     sd = np.sqrt(np.diag(covariance))
     starts = np.stack([x0 + (config.init_jitter * sd * rng.standard_normal(sd.shape) if c else 0.0)
                        for c in range(config.chains)])
-    init_params = jax.vmap(unravel)(jnp.asarray(starts)) if config.chains > 1 else unravel(jnp.asarray(starts[0]))
-    kernel = NUTS(twin_model.model, dense_mass=config.dense_mass,
-                  inverse_mass_matrix=jnp.asarray(covariance if config.dense_mass else np.diag(covariance)),
-                  target_accept_prob=config.target_accept, max_tree_depth=config.max_tree_depth,
-                  forward_mode_differentiation=twin_model.forward_mode,
-                  init_strategy=init_to_value(values=twin_model.init_values))
-    mcmc = MCMC(kernel, num_warmup=config.warmup, num_samples=config.draws, num_chains=config.chains,
-                chain_method=config.chain_method,
-                progress_bar=config.progress and not os.environ.get("CGT_TWIN_NO_PROGRESS"))
-    mcmc.run(jax.random.PRNGKey(config.seed), init_params=init_params,
-             extra_fields=("diverging", "num_steps", "energy", "accept_prob"))
-    samples = mcmc.get_samples(group_by_chain=True)
-    stats = mcmc.get_extra_fields(group_by_chain=True)
+    inverse_mass = covariance if config.dense_mass else np.diag(covariance)
+    progress = config.progress and not os.environ.get("CGT_TWIN_NO_PROGRESS")
+    if config.chain_method == "parallel":
+        samples, stats = _run_chain_groups(fn, postprocess, unravel, starts, inverse_mass, config,
+                                           twin_model.forward_mode, devices, progress)
+    else:
+        kernel = NUTS(twin_model.model, dense_mass=config.dense_mass, inverse_mass_matrix=jnp.asarray(inverse_mass),
+                      target_accept_prob=config.target_accept, max_tree_depth=config.max_tree_depth,
+                      forward_mode_differentiation=twin_model.forward_mode,
+                      init_strategy=init_to_value(values=twin_model.init_values))
+        samples, stats = _run_chains(kernel, None, unravel, starts, config, config.chain_method,
+                                     jax.random.PRNGKey(config.seed), progress)
     settings = {**dataclasses.asdict(config), "forward_mode": twin_model.forward_mode}
     return _finish(twin_model, samples, stats, "nuts", settings, time.perf_counter() - start, correction,
                    config.seed)
 
+
+_EXTRA_FIELDS = ("diverging", "num_steps", "energy", "accept_prob")
+
+
+def _chain_devices(config: NutsConfig) -> list:
+    """The devices `chain_method="parallel"` spreads the chains over (at most one per chain); refused, before any
+    work, when there are fewer than two."""
+    devices = jax.local_devices()
+    if len(devices) < 2 or config.chains < 2:
+        raise CampaignValidationError(Problem(
+            "sampler", f"chain_method='parallel' needs at least two chains and two JAX devices; got {config.chains} "
+                       f"chain(s) and {len(devices)} {devices[0].platform} device(s). On a CPU set "
+                       "XLA_FLAGS=--xla_force_host_platform_device_count=N (N cores) before JAX is first imported, "
+                       "or call numpyro.set_host_device_count(N) first; or use chain_method='vectorized'",
+            column="chain_method"))
+    return devices[:config.chains]
+
+
+def _run_chains(kernel, postprocess, unravel, starts: np.ndarray, config: NutsConfig, chain_method: str, key,
+                progress: bool) -> tuple[dict, dict]:
+    """One numpyro `MCMC` run of ``len(starts)`` chains from `starts` (chain, dim): draws and sampler statistics,
+    grouped by chain. `postprocess`: MCMC's map from unconstrained to reported values (None: the kernel's model's)."""
+    chains = len(starts)
+    init_params = jax.vmap(unravel)(jnp.asarray(starts)) if chains > 1 else unravel(jnp.asarray(starts[0]))
+    mcmc = MCMC(kernel, num_warmup=config.warmup, num_samples=config.draws, num_chains=chains,
+                chain_method=chain_method, progress_bar=progress, postprocess_fn=postprocess)
+    mcmc.run(key, init_params=init_params, extra_fields=_EXTRA_FIELDS)
+    return ({k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()},
+            {k: np.asarray(v) for k, v in mcmc.get_extra_fields(group_by_chain=True).items()})
+
+
+def _run_chain_groups(flat_potential, postprocess, unravel, starts: np.ndarray, inverse_mass: np.ndarray,
+                      config: NutsConfig, forward_mode: bool, devices: Sequence,
+                      progress: bool) -> tuple[dict, dict]:
+    """`chain_method="parallel"`: the chains split into one group per device, each group's chains vectorised on its
+    device (its own kernel; keys ``split(PRNGKey(seed), groups)``), all groups at once from one thread each (XLA
+    releases the GIL while it computes). Draws and statistics concatenated along the chain axis, in chain order;
+    the progress bar, if any, is the first group's.
+
+    numpyro's effect handlers share one global stack, so two threads tracing the model at once mix their handlers
+    (measured: "all sites must have unique names"). The kernels therefore get the potential and the map to
+    reported values as functions that hold a lock while they are traced; the compiled samplers run without it."""
+    lock = threading.Lock()
+
+    def locked(f):
+        def call(*args):
+            with lock:
+                return f(*args)
+        return call
+
+    potential_of_sites = locked(lambda z: flat_potential(ravel_pytree(z)[0]))
+    postprocess = locked(postprocess)
+    groups = np.array_split(np.arange(len(starts)), len(devices))
+    keys = jax.random.split(jax.random.PRNGKey(config.seed), len(groups))
+
+    def run(g: int):
+        with jax.default_device(devices[g]):
+            kernel = NUTS(potential_fn=potential_of_sites, dense_mass=config.dense_mass,
+                          inverse_mass_matrix=jnp.asarray(inverse_mass), target_accept_prob=config.target_accept,
+                          max_tree_depth=config.max_tree_depth, forward_mode_differentiation=forward_mode)
+            chains = groups[g]
+            return _run_chains(kernel, postprocess, unravel, starts[chains], config,
+                               "vectorized" if len(chains) > 1 else "sequential",
+                               jax.device_put(keys[g], devices[g]), progress and g == 0)
+
+    with ThreadPoolExecutor(max_workers=len(groups)) as pool:
+        results = list(pool.map(run, range(len(groups))))  # re-raises a group's error, if any
+    return tuple({k: np.concatenate([r[i][k] for r in results]) for k in results[0][i]} for i in (0, 1))
 
 def _is_real(constraint) -> bool:
     while isinstance(constraint, constraints.independent):
