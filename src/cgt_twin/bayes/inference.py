@@ -59,8 +59,8 @@ class NutsConfig:
             groups as there are JAX devices (at most one per chain), each group vectorised on its own device, the
             groups run at once from one thread each. XLA runs one vectorised kernel on one CPU core, so with one
             device the other cores stay idle; on a CPU, make one device per core by setting
-            ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` before JAX is first imported (or calling
-            `numpyro.set_host_device_count(N)` first). Each group adapts its own step sizes and mass matrices, as
+            ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` before the process's first JAX computation
+            (importing cgt_twin runs none), or by calling `numpyro.set_host_device_count(N)` then. Each group adapts its own step sizes and mass matrices, as
             each chain does anyway. Refused with fewer than two devices, and with `independent_batches`.
         dense_mass: adapt a dense mass matrix (started from the Laplace covariance at the starting point).
         target_accept: target acceptance probability of step-size adaptation.
@@ -488,8 +488,9 @@ def _chain_devices(config: NutsConfig) -> list:
         raise CampaignValidationError(Problem(
             "sampler", f"chain_method='parallel' needs at least two chains and two JAX devices; got {config.chains} "
                        f"chain(s) and {len(devices)} {devices[0].platform} device(s). On a CPU set "
-                       "XLA_FLAGS=--xla_force_host_platform_device_count=N (N cores) before JAX is first imported, "
-                       "or call numpyro.set_host_device_count(N) first; or use chain_method='vectorized'",
+                       "XLA_FLAGS=--xla_force_host_platform_device_count=N (N cores) before the process's first JAX "
+                       "computation, or call numpyro.set_host_device_count(N) then; or use "
+                       "chain_method='vectorized'",
             column="chain_method"))
     return devices[:config.chains]
 
@@ -544,6 +545,7 @@ def _run_chain_groups(flat_potential, postprocess, unravel, starts: np.ndarray, 
     with ThreadPoolExecutor(max_workers=len(groups)) as pool:
         results = list(pool.map(run, range(len(groups))))  # re-raises a group's error, if any
     return tuple({k: np.concatenate([r[i][k] for r in results]) for k in results[0][i]} for i in (0, 1))
+
 
 def _is_real(constraint) -> bool:
     while isinstance(constraint, constraints.independent):
