@@ -84,27 +84,28 @@ NGUYEN_NOTE = (
     "measured titres within ±0.3 log10, except capsids at 10 h (+1.2, which the authors' own fit also misses) and at "
     "72 h (excluded from the authors' fit).",
 )
-# The reading of the HEK293 results, written by hand from the run it names; shown only while the averaged ratios it
-# was written for are those on the page (a rerun that changes them drops it and says so)
+# The reading of the posterior results, written by hand from the run it names; shown only while the R-hat and the
+# divergences it was written for are those on the page (a rerun that changes them drops it and says so)
 POSTERIOR_READING = {
-    "check": {"r_hat_max": "1.29", "divergences": 22},
+    "check": {"r_hat_max": "1.04", "divergences": 228},
     "text": (
-        "Reading of the run of 2026-11-29, session 9 (NUTS 22 min, Laplace 48 s, on a machine about 3× faster than "
-        "session 8's; test runs shared it for part of the time). The between-cell-line spread is fixed at 0.2 "
-        "(`group_tau`) since this run; in the run before it (session 8, τ_group sampled) split R-hat was 1.42, bulk "
-        "ESS 4, 78 divergences and 72 % of the iterations at tree depth 6.",
-        "Fixing τ_group removed the failure it caused: every kinetic parameter now mixes (split R-hat ≤ 1.04; the "
-        "population growth rate 1.00, against 1.25 with τ_group sampled), the two cell-line effects too (≤ 1.03), "
-        "and the divergences fell from 78 to 22. The sampler's checks still fail, and the page says so: the "
-        "between-batch spread within the lines, τ_batch, does not mix (split R-hat 1.29, bulk ESS 6), with the "
-        "effects of runs 11 and 12 (1.09, 1.06). Its posterior, 0.08 ± 0.07 on the log scale, reaches down to 0: "
-        "five runs, two or three per line, leave the batch spread in the neck of its own funnel. 88 % of the "
-        "iterations hit tree depth 6.",
+        "Reading of the run of 2026-11-29, session 14 (NUTS 19.6 min, each of the two chains on its own core; the "
+        "closed-loop benchmark shared the machine throughout; Laplace 34 s). Session 9's run, 2 × (150 + 150), had "
+        "split R-hat 1.29 (τ_batch), bulk ESS 6, 22 divergences and 88 % of the iterations at tree depth 6.",
+        "Longer chains mix: split R-hat at most 1.04 (m_glc 1.04, q_lac_max 1.03; τ_batch 1.01 against 1.29), bulk "
+        "ESS at least 79 (τ_batch; 6 before). τ_batch's posterior: median 0.077 on the log scale, 90 % interval "
+        "0.005–0.35.",
+        "But 228 of the 800 kept iterations diverged (97 and 131 in the two chains), and 29 % hit tree depth 6 "
+        "(88 % before): the longer warm-up adapted a larger step (37 leapfrog steps an iteration on average, "
+        "acceptance 0.73–0.76 against the 0.8 target). The divergences are not confined to the funnel's neck: "
+        "τ_batch's median is 0.13 at the divergent iterations and 0.065 at the others. A rerun at target_accept = "
+        "0.9 (otherwise the same, 22 min) was worse on every check: split R-hat 1.08 (τ_batch), bulk ESS 26, 116 "
+        "divergences, 71 % at tree depth 6; the page keeps the default 0.8.",
         "The held-out band is unchanged: 90 % of run 13's measurements inside (Laplace's 96 %).",
-        "What would make it trustworthy: more runs per line (the batch spread is then learnable), or an "
-        "informative prior on τ_batch from earlier campaigns, and longer chains. A centred batch effect was tried "
-        "and dropped in session 8: the joint mode the chains start from lies in its funnel's neck (τ → 0, Hessian "
-        "eigenvalues of 2e9).",
+        "The sampler's checks still fail, and the page says so. What would make it trustworthy: more runs per line "
+        "(the batch spread is then learnable), or an informative prior on τ_batch from earlier campaigns. A centred "
+        "batch effect was tried and dropped in session 8: the joint mode the chains start from lies in its funnel's "
+        "neck (τ → 0, Hessian eigenvalues of 2e9).",
     ),
 }
 
@@ -382,7 +383,11 @@ def section_scored(results, save, budget, quick):
 
 
 POSTERIOR_HELD_OUT = "13"  # the held-out UMN run of the posterior check (CL1; CL1 and CL2 both among the training runs)
-POSTERIOR_NUTS = {"chains": 2, "warmup": 150, "draws": 150, "max_tree_depth": 6}
+# the two chains on one host device each (XLA runs one vectorised kernel on one core: 1.7x on the all-parameter run of
+# benchmarks/README.md); 400 + 400 iterations since session 14 (150 + 150 before: τ_batch's split R-hat 1.29); the
+# default target_accept 0.8 (0.9 was worse on every check: docs/validation.md)
+POSTERIOR_NUTS = {"chains": 2, "warmup": 400, "draws": 400, "max_tree_depth": 6,
+                  "chain_method": "parallel" if (os.cpu_count() or 1) >= 2 else "vectorized"}
 POSTERIOR_NOISE_FLOOR = 0.01  # σ_abs ≥ 1 % of each variable's typical magnitude (BayesConfig.noise_floor)
 # the between-cell-line spread of log μ_max, fixed (BayesConfig.group_tau): two lines cannot determine it (sampled, its
 # chains disagreed: split R-hat 1.42, 78 divergences; docs/validation.md); 0.2 ≈ 20 % between lines, about the
@@ -751,7 +756,10 @@ def posterior_text(results: dict) -> list[str]:
              "initial VCD of each run held. NUTS: "
              f"{nuts['chains']} chains × ({nuts['warmup']} warm-up + {nuts['draws']} draws) started at and around "
              "the posterior mode, dense mass matrix started from the Laplace covariance there, maximum tree depth "
-             f"{nuts.get('max_tree_depth', 10)}. The held-out run is of a known cell line (CL1), so its bands "
+             f"{nuts.get('max_tree_depth', 10)}"
+             + (", the chains run at once, one host device (core) each (`chain_method=\"parallel\"`)"
+                if nuts.get("chain_method") == "parallel" else "")
+             + ". The held-out run is of a known cell line (CL1), so its bands "
              "carry a new batch effect within that line. Band: 90 % posterior predictive of a new measurement.", ""]
     methods = [m for m in ("nuts", "laplace") if m in post]
     if not methods:
@@ -939,6 +947,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--redo", action="store_true", help="recompute the chosen sections (keep the others)")
     args = parser.parse_args(argv)
     os.environ.setdefault("CGT_TWIN_NO_PROGRESS", "1")
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "posterior" in args.sections and "xla_force_host_platform_device_count" not in flags:
+        # a host device per chain of the posterior's NUTS run (`chain_method="parallel"`), before JAX starts its
+        # backend (it reads the flag once)
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={os.cpu_count() or 1}".strip()
     import jax
 
     budget = QUICK if args.quick else FULL
