@@ -208,7 +208,8 @@ def measure_mpc(twin, posterior, quick: bool) -> dict:
 
 
 def measure_closed_loop(twin, posterior, quick: bool, planning_glucose_min: float = PLANNING_GLUCOSE_MIN,
-                        plant_draws: int = PLANT_DRAWS) -> dict:
+                        plant_draws: int = PLANT_DRAWS, dompc_backoffs: tuple[float, ...] = DOMPC_BACKOFFS,
+                        strategies_like: tuple[str, ...] = ()) -> dict:
     from cgt_twin.control import PredictorSettings
     from cgt_twin.control.harness import Scenario, compare_strategies, default_plant
     from cgt_twin.control.mpc import MPCConfig
@@ -247,10 +248,14 @@ def measure_closed_loop(twin, posterior, quick: bool, planning_glucose_min: floa
         strategies["do-mpc nominal"] = dompc_policy(False)
         if not quick:
             strategies[DOMPC_9] = dompc_policy(True)
-            for backoff in (g for g in DOMPC_BACKOFFS if g > planning_glucose_min):
+            for backoff in (g for g in dompc_backoffs if g > planning_glucose_min):
                 strategies[f"{DOMPC_9}, planning at {backoff:g} mM"] = dompc_policy(True, backoff)
     except ImportError:
         pass
+    if strategies_like:  # a subset: the strategies whose names start with one of these
+        strategies = {k: v for k, v in strategies.items() if k.startswith(strategies_like)}
+        if not strategies:
+            raise ValueError(f"no closed-loop strategy starts with any of {strategies_like}")
     seeds = (0,) if quick else tuple(range(plant_draws))
     table = compare_strategies(default_plant(delay_h=2.0), scenario, twin, posterior, strategies=strategies,
                                plant_seeds=seeds, predictor_settings=PredictorSettings(n_particles=64 if quick else 256),
@@ -376,13 +381,23 @@ def main(argv=None) -> dict:
                         help="glucose limit the controllers plan against in the closed loop, mM (judged at "
                              f"{GLUCOSE_MIN:g} mM)")
     parser.add_argument("--plant-draws", type=int, default=PLANT_DRAWS, help="plant draws of the closed loop")
+    parser.add_argument("--dompc-backoffs", default=",".join(f"{g:g}" for g in DOMPC_BACKOFFS),
+                        help="glucose limits (mM) do-mpc's 9-scenario MPC also plans against in the closed loop")
+    parser.add_argument("--strategies", default="",
+                        help="comma-separated name prefixes: run only these closed-loop strategies (e.g. "
+                             "'(c) MPC over posterior draws,do-mpc 9 scenarios, planning at 5')")
     args = parser.parse_args(argv)
     parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
     unknown = set(parts) - set(PARTS)
     if unknown:
         parser.error(f"unknown parts {sorted(unknown)}; choose from {PARTS}")
+    try:
+        backoffs = tuple(float(g) for g in args.dompc_backoffs.split(",") if g.strip())
+    except ValueError:
+        parser.error(f"--dompc-backoffs must be comma-separated numbers, got {args.dompc_backoffs!r}")
+    like = tuple(p.strip() for p in args.strategies.split(",") if p.strip())
     figures = measure(args.quick, parts, planning_glucose_min=args.planning_glucose_min,
-                      plant_draws=args.plant_draws)
+                      plant_draws=args.plant_draws, dompc_backoffs=backoffs, strategies_like=like)
     if "predictor" in figures or "closed_loop" in figures:
         figures["records"] = records(figures)
     text = json.dumps(figures, indent=1, default=float)
