@@ -164,7 +164,9 @@ def run(quick: bool = False, parts: tuple[str, ...] = PARTS, repeats: int | None
     if all_chain_method == "auto":
         all_chain_method = "parallel" if (os.cpu_count() or 1) >= 2 else "vectorized"
     if all_chain_method == "parallel" and "all" in parts:
-        _host_devices()
+        from cgt_twin.bayes import host_devices_for_chains
+
+        host_devices_for_chains(4)  # the all-parameter run's chains (before the first JAX computation)
     from cgt_twin.bayes import BayesConfig, select_identifiable
 
     warnings.simplefilter("ignore")
@@ -351,14 +353,6 @@ def _coverage_record(name: str, hits: int, n: int, checked: bool = True) -> dict
     target = f"about 95 % ({100 * (0.95 - half):.0f}-{100 * min(0.95 + half, 1):.0f} % for {n} intervals)"
     return _record(name, 100 * share, "%", target if checked else None,
                    bool(abs(share - 0.95) <= half) if checked else None)
-
-
-def _host_devices() -> None:
-    """One XLA host device per core (for ``chain_method="parallel"``), through ``XLA_FLAGS``, which JAX reads once,
-    when it starts its backend (importing cgt_twin does not); a device count the caller set is kept."""
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_force_host_platform_device_count" not in flags:
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={os.cpu_count() or 1}".strip()
 
 
 def _all_parameters(truth_twin, fit, campaign, train, chains, warmup, draws, max_tree_depth,

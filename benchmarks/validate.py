@@ -947,11 +947,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--redo", action="store_true", help="recompute the chosen sections (keep the others)")
     args = parser.parse_args(argv)
     os.environ.setdefault("CGT_TWIN_NO_PROGRESS", "1")
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "posterior" in args.sections and "xla_force_host_platform_device_count" not in flags:
-        # a host device per chain of the posterior's NUTS run (`chain_method="parallel"`), before JAX starts its
-        # backend (it reads the flag once)
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={os.cpu_count() or 1}".strip()
+    if "posterior" in args.sections and POSTERIOR_NUTS["chain_method"] == "parallel":
+        from cgt_twin.bayes import host_devices_for_chains
+
+        host_devices_for_chains(POSTERIOR_NUTS["chains"])  # before the first JAX computation
     import jax
 
     budget = QUICK if args.quick else FULL

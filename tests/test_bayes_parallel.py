@@ -115,14 +115,15 @@ def test_parallel_chains_run_on_two_host_devices_and_agree_with_laplace():
         assert 0.75 < sd / normal_sd < 1.3, (name, out[name])
 
 
-def test_cgt_twin_sample_asks_for_one_host_device_per_chain_before_jax_starts():
+def test_host_devices_are_asked_for_before_jax_starts():
+    """`host_devices_for_chains` (used by `cgt-twin sample` for ``chain_method = "parallel"``) works after importing
+    cgt_twin and its CLI, which run no JAX computation, and keeps a count already set."""
     code = textwrap.dedent("""
         import os, sys
-        from cgt_twin.bayes import NutsConfig
-        from cgt_twin.cli import _host_devices_for
-        assert _host_devices_for(NutsConfig()) is None  # vectorised chains: nothing asked
-        count = _host_devices_for(NutsConfig(chains=int(sys.argv[1]), chain_method="parallel"))
-        again = _host_devices_for(NutsConfig(chains=8, chain_method="parallel"))  # a count already set is kept
+        import cgt_twin.cli
+        from cgt_twin.bayes import host_devices_for_chains
+        count = host_devices_for_chains(int(sys.argv[1]))
+        again = host_devices_for_chains(8)  # a count already set is kept
         import jax
         print(count, again, len(jax.local_devices()), os.environ["XLA_FLAGS"])
     """)

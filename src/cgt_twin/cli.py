@@ -246,18 +246,6 @@ INITIAL_STATES_HELP = ("where the fitted batches of a mechanistic twin start: fi
                        "samples); other batches, and every batch of a hybrid twin, start from their first samples")
 
 
-def _host_devices_for(sampler) -> int | None:
-    """``chain_method = "parallel"`` in bayes.toml: one XLA host device per chain, at most one per core, asked for
-    (through ``XLA_FLAGS``, as `numpyro.set_host_device_count` does) before JAX starts its CPU backend, which reads
-    the flag once. A device count already in ``XLA_FLAGS`` is kept. Returns the count asked for (None: none)."""
-    flags = os.environ.get("XLA_FLAGS", "")
-    if sampler.chain_method != "parallel" or "xla_force_host_platform_device_count" in flags:
-        return None
-    count = max(1, min(sampler.chains, os.cpu_count() or 1))
-    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
-    return count
-
-
 def _initial_states(twin_dir: Path, campaign, which: str) -> dict[str, dict[str, float]]:
     """The initial states to start the campaign's batches from (`cgt_twin.io.load_fitted_initial_states` for
     ``which="fit"``, none for ``"data"``), and a line saying which batches start from the fit's."""
@@ -386,7 +374,7 @@ def sample(twin_dir: Annotated[Path, typer.Argument(help="twin artifact folder (
     twin, whose network was trained from the measured starts) at the first samples."""
 
     def body():
-        from .bayes import PosteriorWarning
+        from .bayes import PosteriorWarning, host_devices_for_chains
         from .bayes import sample as run
         from .bayes.config import read_bayes_config
         from .data.folder import read_campaign
@@ -397,8 +385,8 @@ def sample(twin_dir: Annotated[Path, typer.Argument(help="twin artifact folder (
         if out_dir.resolve() == twin_dir.resolve():
             raise FileExistsError(f"{out_dir} is the input artifact; sample writes a new one")
         settings = read_bayes_config(config, seed=seed)
-        if settings.method == "nuts":
-            _host_devices_for(settings.sampler)  # before anything starts JAX's backend
+        if settings.method == "nuts" and settings.sampler.chain_method == "parallel":
+            host_devices_for_chains(settings.sampler.chains)  # before anything starts JAX's backend
         twin = load_twin(twin_dir)
         ensemble = load_ensemble(twin_dir)  # a residual ensemble of the input is carried over
         source = json.loads((twin_dir / "twin.json").read_text(encoding="utf-8"))

@@ -23,6 +23,7 @@ from .inference import (
     curvature_at_twin,
     gradient_times,
     held_correction,
+    host_devices_for_chains,
     laplace,
     potential,
     sample,
@@ -35,7 +36,7 @@ from .posterior import POSTERIOR_FILES, THRESHOLDS, Posterior, PosteriorWarning
 from .predictive import BANDS, batch_parameter_draws, predictive_bands, predictive_draws
 
 __all__ = ["BANDS", "Curvature", "curvature_at_mode", "curvature_at_twin", "ENSEMBLE_FILES", "HELD_UNCERTAINTY", "HeldCorrection", "held_correction",
-           "NUMERICAL_PARAMETERS", "POSTERIOR_FILES", "ResidualEnsemble", "ensemble_bands",
+           "host_devices_for_chains", "NUMERICAL_PARAMETERS", "POSTERIOR_FILES", "ResidualEnsemble", "ensemble_bands",
            "ensemble_draws", "train_ensemble", "THRESHOLDS", "BayesConfig", "NutsConfig", "Posterior",
            "PosteriorWarning", "Prior", "TwinModel", "batch_parameter_draws", "build_model", "gradient_times", "laplace",
            "plot_pairs",

@@ -25,6 +25,7 @@ from numpyro.distributions import constraints
 from numpyro.infer import MCMC, NUTS, init_to_value
 from numpyro.infer.hmc import hmc
 from numpyro.infer.util import ParamInfo, initialize_model, log_density
+from numpyro.util import set_host_device_count
 
 from ..data.campaign import Campaign
 from ..data.errors import CampaignValidationError, Problem
@@ -42,7 +43,7 @@ from .model import (
 from .posterior import Posterior
 
 __all__ = ["NutsConfig", "sample_nuts", "laplace", "select_identifiable", "potential", "sample", "gradient_times",
-           "held_correction", "Curvature", "curvature_at_twin", "curvature_at_mode"]
+           "held_correction", "Curvature", "curvature_at_twin", "curvature_at_mode", "host_devices_for_chains"]
 
 
 CHAIN_METHODS = ("vectorized", "sequential", "parallel")
@@ -478,6 +479,18 @@ def sample_nuts(twin_model: TwinModel, config: NutsConfig | None = None, *,
 
 
 _EXTRA_FIELDS = ("diverging", "num_steps", "energy", "accept_prob")
+
+
+def host_devices_for_chains(chains: int) -> int | None:
+    """Asks XLA for one CPU host device per chain, at most one per core, for ``chain_method="parallel"``
+    (`numpyro.set_host_device_count`). XLA reads the flag once, at the process's first JAX computation (importing
+    cgt_twin runs none), so call this before it. A device count already in ``XLA_FLAGS`` is kept. Returns the count
+    asked for, or None when one was already set."""
+    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return None
+    count = max(1, min(int(chains), os.cpu_count() or 1))
+    set_host_device_count(count)
+    return count
 
 
 def _chain_devices(config: NutsConfig) -> list:
