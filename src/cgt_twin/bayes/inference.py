@@ -59,10 +59,10 @@ class NutsConfig:
             2-core CPU with one JAX device), ``"sequential"``, or ``"parallel"``: the chains split into as many
             groups as there are JAX devices (at most one per chain), each group vectorised on its own device, the
             groups run at once from one thread each. XLA runs one vectorised kernel on one CPU core, so with one
-            device the other cores stay idle; on a CPU, make one device per core by setting
-            ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` before the process's first JAX computation
-            (importing cgt_twin runs none), or by calling `numpyro.set_host_device_count(N)` then. Each group adapts its own step sizes and mass matrices, as
-            each chain does anyway. Refused with fewer than two devices, and with `independent_batches`.
+            device the other cores stay idle; on a CPU, make one device per chain with `host_devices_for_chains`
+            before the process's first JAX computation (importing cgt_twin runs none). Each group adapts its own
+            step sizes and mass matrices, as each chain does anyway. Refused with fewer than two devices, and with
+            `independent_batches`.
         dense_mass: adapt a dense mass matrix (started from the Laplace covariance at the starting point).
         target_accept: target acceptance probability of step-size adaptation.
         max_tree_depth: maximum tree depth (2^depth − 1 leapfrog steps).
@@ -500,9 +500,9 @@ def _chain_devices(config: NutsConfig) -> list:
     if len(devices) < 2 or config.chains < 2:
         raise CampaignValidationError(Problem(
             "sampler", f"chain_method='parallel' needs at least two chains and two JAX devices; got {config.chains} "
-                       f"chain(s) and {len(devices)} {devices[0].platform} device(s). On a CPU set "
-                       "XLA_FLAGS=--xla_force_host_platform_device_count=N (N cores) before the process's first JAX "
-                       "computation, or call numpyro.set_host_device_count(N) then; or use "
+                       f"chain(s) and {len(devices)} {devices[0].platform} device(s). On a CPU call "
+                       "cgt_twin.bayes.host_devices_for_chains(N) before the process's first JAX computation (or set "
+                       "XLA_FLAGS=--xla_force_host_platform_device_count=N before starting it); or use "
                        "chain_method='vectorized'",
             column="chain_method"))
     return devices[:config.chains]
