@@ -163,14 +163,12 @@ def run(quick: bool = False, parts: tuple[str, ...] = PARTS, repeats: int | None
     machine of two cores or more, else ``"vectorized"``)."""
     if all_chain_method == "auto":
         all_chain_method = "parallel" if (os.cpu_count() or 1) >= 2 else "vectorized"
-    if all_chain_method == "parallel" and "all" in parts:
-        from cgt_twin.bayes import host_devices_for_chains
-
-        host_devices_for_chains(4)  # the all-parameter run's chains (before the first JAX computation)
-    from cgt_twin.bayes import BayesConfig, select_identifiable
+    from cgt_twin.bayes import BayesConfig, host_devices_for_chains, select_identifiable
 
     warnings.simplefilter("ignore")
     chains, warmup, draws = (2, 100, 100) if quick else (4, 500, 500)
+    if all_chain_method == "parallel" and "all" in parts:
+        host_devices_for_chains(chains)  # the all-parameter run's (before the first JAX computation)
 
     def count(held: str) -> int:
         """Datasets of a repeats variant: the exact conditional check gets 60 intervals (10 datasets), enough to tell

@@ -947,7 +947,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--redo", action="store_true", help="recompute the chosen sections (keep the others)")
     args = parser.parse_args(argv)
     os.environ.setdefault("CGT_TWIN_NO_PROGRESS", "1")
-    if "posterior" in args.sections and POSTERIOR_NUTS["chain_method"] == "parallel":
+    chosen = [s.strip() for s in args.sections.split(",") if s.strip() and s.strip() != "none"]
+    unknown = [s for s in chosen if s not in SECTIONS]
+    if unknown:
+        parser.error(f"unknown sections {unknown}; choose from {SECTIONS} (or none: rewrite the page only)")
+    if "posterior" in chosen and POSTERIOR_NUTS["chain_method"] == "parallel":
         from cgt_twin.bayes import host_devices_for_chains
 
         host_devices_for_chains(POSTERIOR_NUTS["chains"])  # before the first JAX computation
@@ -971,10 +975,6 @@ def main(argv=None) -> dict:
         tmp.write_text(json.dumps(results, indent=1, default=float), encoding="utf-8")
         os.replace(tmp, json_path)
 
-    chosen = [s.strip() for s in args.sections.split(",") if s.strip() and s.strip() != "none"]
-    unknown = [s for s in chosen if s not in SECTIONS]
-    if unknown:
-        parser.error(f"unknown sections {unknown}; choose from {SECTIONS} (or none: rewrite the page only)")
     if (args.fresh or args.redo) and "posterior" in chosen:
         shutil.rmtree(_posterior_cache(args.quick), ignore_errors=True)
     if args.redo:
