@@ -99,7 +99,8 @@ POSTERIOR_READING = {
         "divergences, 0.6 % at tree depth 6, 763 s (the do-mpc benchmark on the other core). Its τ_batch posterior: "
         "median 0.036, 90 % interval 0.003–0.13; the divergent iterations still at the larger values (median 0.071 "
         "against 0.034).",
-        "The same prior with target acceptance 0.9 (this page's run): split R-hat 1.015, bulk ESS 204, tail ESS "
+        "The same prior with target acceptance 0.9 (this page's run, 750 s alone on the machine; 920 s the first time, "
+        "beside another job): split R-hat 1.015, bulk ESS 204, tail ESS "
         "274, 18 divergences, 1.9 % at tree depth 6. With 0.95: R-hat 1.023, bulk ESS 179, 15 divergences, 62 % "
         "at tree depth 6, 1 315 s; so the page keeps 0.9.",
         "The held-out band: 70 of run 13's 78 measurements inside (90 %), as before for NUTS; Laplace's band, 75 "
