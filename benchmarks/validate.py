@@ -387,8 +387,8 @@ def section_scored(results, save, budget, quick):
 POSTERIOR_HELD_OUT = "13"  # the held-out UMN run of the posterior check (CL1; CL1 and CL2 both among the training runs)
 # the two chains on one host device each (XLA runs one vectorised kernel on one core: 1.7x on the all-parameter run of
 # benchmarks/README.md); 400 + 400 iterations since session 14 (150 + 150 before: τ_batch's split R-hat 1.29);
-# target_accept 0.9 since session 15, with the informative τ_batch prior below (0.9 with the wide prior was worse on
-# every check, 0.8 left 228 divergences: docs/validation.md)
+# target_accept 0.9 since session 15, with the informative τ_batch prior below (with the wide prior 0.9 mixed worse
+# than 0.8: split R-hat 1.08 against 1.04, 71 % of iterations at tree depth 6, though 116 divergences against 228)
 POSTERIOR_NUTS = {"chains": 2, "warmup": 400, "draws": 400, "max_tree_depth": 6, "target_accept": 0.9,
                   "chain_method": "parallel" if (os.cpu_count() or 1) >= 2 else "vectorized"}
 # the prior scale of the between-batch spread of log μ_max within a cell line (BayesConfig.tau_sigma; default 0.3):
