@@ -250,14 +250,17 @@ def test_spread_inflation_widens_the_chance_constraints(twin, monkeypatch):
         plain_under_widened.constraint_probability["glucose >= 2"]
     assert "widened" in str(plans[4.0]) and "widened" not in str(plans[1.0])
 
-    monkeypatch.setattr(Predictor, "spread_inflation", lambda self, variable, last=5: 3.0)
+    monkeypatch.setattr(Predictor, "spread_inflation", lambda self, variable, last=5, drift=0.0: 3.0 + drift)
+    monkeypatch.setattr(Predictor, "innovation_drift", lambda self, variable, last=5: -0.5)
     asked = []
-    monkeypatch.setattr(FeedingController, "plan", lambda self, *args, spread_inflation=None: asked.append(
-        spread_inflation))
-    FeedingController(twin, _config(n_draws=16)).step(predictor)
+    monkeypatch.setattr(FeedingController, "plan", lambda self, *args, spread_inflation=None, drift=None: asked.append(
+        (spread_inflation, drift)))
+    FeedingController(twin, _config(n_draws=16)).step(predictor)  # λ from the innovations less their drift
+    FeedingController(twin, _config(n_draws=16, drift_correction=False)).step(predictor)
     FeedingController(twin, _config(n_draws=1)).step(predictor)  # nominal: one draw has no spread to widen
     FeedingController(twin, _config(n_draws=16, spread_inflation=1.0)).step(predictor)  # fixed: not asked
-    assert asked == [{"glucose": 3.0}, None, None]
+    assert asked == [({"glucose": 2.5}, {"glucose": -0.5}), ({"glucose": 3.0}, {"glucose": 0.0}), (None, None),
+                     (None, None)]
     monkeypatch.undo()
     fixed = FeedingController(twin, _config(n_draws=16, max_evaluations=1, spread_inflation=2.0))
     assert fixed.plan(0.0, y, params, _protocol()).spread_inflation == {"glucose": 2.0}
@@ -270,3 +273,46 @@ def test_spread_inflation_widens_the_chance_constraints(twin, monkeypatch):
     with pytest.raises(CampaignValidationError, match="constrained variables"):
         FeedingController(twin, _config(n_draws=16)).plan(0.0, y, params, _protocol(),
                                                           spread_inflation={"lactate": 2.0})
+
+
+def test_drift_shifts_the_chance_constraints_until_the_decision_after_next(twin):
+    """A drift of the innovations (the plant eats glucose faster than every draw) moves the constrained draws in the
+    direction that tightens the limit, growing until the decision after the next one and constant after it; the
+    plan feeds more, reports the drift, and a drift that would loosen the limit is ignored."""
+    import cgt_twin.control.mpc as mpc
+
+    observed = np.random.default_rng(1).normal(5.0, 1.0, (6, 4, 2))
+    ok = np.ones(6, dtype=bool)
+    shift = np.arange(8.0).reshape(4, 2)
+    np.testing.assert_allclose(mpc._widened(observed, ok, np.ones(2), shift), observed + shift[None])
+
+    predictor = Predictor(twin, settings=PredictorSettings(n_particles=64, initial_spread=0.25))
+    predictor.start(_protocol(), INITIAL)
+    y, params = FeedingController(twin, _config(n_draws=16))._draws(predictor, 16)
+    controller = FeedingController(twin, _config(n_draws=16, probability=0.9))
+    call = controller._setup(2.0, y, params, _protocol(), None, None, {"glucose": -0.1})
+    table, shift = call.dyn["table"], np.asarray(call.dyn["shift"])
+    until = call.future[1]  # the decision after the next one
+    glucose = controller.variables.index("glucose")
+    expected = -0.1 * np.clip(np.asarray(table.t1) - 2.0, 0.0, until - 2.0)
+    np.testing.assert_allclose(shift[:, glucose], expected)
+    assert np.all(np.delete(shift, glucose, axis=1) == 0) and expected.min() == pytest.approx(-0.1 * (until - 2.0))
+
+    plans = {}
+    for rate in (0.0, -0.1, 0.1):
+        controller = FeedingController(twin, _config(n_draws=16, probability=0.9))
+        plans[rate] = controller.plan(0.0, y, params, _protocol(), drift={"glucose": rate})
+        while plans[rate].status != "converged" and plans[rate].evaluations:
+            plans[rate] = controller.plan(0.0, y, params, _protocol(), drift={"glucose": rate})
+    assert plans[-0.1].drift == {"glucose": -0.1} and plans[0.1].drift == {"glucose": 0.0}
+    assert sum(plans[-0.1].volumes_l) > sum(plans[0.0].volumes_l) + 1e-3
+    assert plans[0.1].volumes_l == plans[0.0].volumes_l  # a lower limit is never loosened by a drift
+    assert "shifted" in str(plans[-0.1]) and "shifted" not in str(plans[0.0])
+
+    both = FeedingController(twin, _config(n_draws=16, glucose_max=40.0))
+    assert both._drift({"glucose": 0.2}) == {"glucose": 0.2}  # a limit on each side: either direction tightens one
+    for bad in ({"glucose": float("nan")}, {"lactate": -0.1}):
+        with pytest.raises(CampaignValidationError, match="drift"):
+            controller.plan(0.0, y, params, _protocol(), drift=bad)
+    with pytest.raises(CampaignValidationError, match="drift_correction"):
+        _config(drift_correction="yes").check()

@@ -224,6 +224,8 @@ def test_plan_html_fallback_is_red_and_text_is_escaped():
     assert "no decision left" in text and "25 %" in text and "objective —" in text
     widened = _parse(plan_html(_hand_made_plan(spread_inflation={"glucose": 4.0})))
     assert "draws' spread" in widened and "×2" in widened  # λ = 4: the draws' spread doubled
+    shifted = _parse(plan_html(_hand_made_plan(drift={"glucose": -0.25})))
+    assert "draws' drift" in shifted and "-6 per day" in shifted  # −0.25 mM/h
 
 
 def test_predictor_html_before_and_after_start(twin, predictor):

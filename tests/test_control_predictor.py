@@ -341,7 +341,24 @@ def test_innovations_are_the_one_step_predictions_and_reveal_a_biased_twin(twin)
             assert np.all(glucose["standardized"].to_numpy()[2:] < -2) and inflation > 1.8, inflation
         else:
             assert np.all(np.abs(glucose["standardized"]) < 2) and inflation < 1.2, inflation
+        # the drift: the errors' mean rate; λ from the errors less the drift's part of each
+        errors = (recent["value"] - recent["predicted_mean"]).to_numpy()
+        drift = predictor.innovation_drift("glucose")
+        assert drift == pytest.approx(errors.sum() / recent["interval_h"].sum(), rel=1e-12)
+        scatter = errors - drift * recent["interval_h"].to_numpy()
+        assert predictor.spread_inflation("glucose", drift=drift) == pytest.approx(max(1.0, (
+            np.sum(scatter ** 2) - np.sum(recent["noise_sd"] ** 2)) / np.sum(recent["predicted_sd"] ** 2)), rel=1e-12)
+        if biased:  # glucose below every prediction: a drift downwards, which takes part of λ with it
+            assert drift < -0.01 and predictor.spread_inflation("glucose", drift=drift) < inflation
+        else:
+            assert abs(drift) < 0.01, drift
     with pytest.raises(CampaignValidationError, match="unknown variable"):
         predictor.spread_inflation("happiness")
     with pytest.raises(CampaignValidationError, match="last"):
         predictor.spread_inflation("glucose", last=1)
+    with pytest.raises(CampaignValidationError, match="unknown variable"):
+        predictor.innovation_drift("happiness")
+    with pytest.raises(CampaignValidationError, match="last"):
+        predictor.innovation_drift("glucose", last=1)
+    with pytest.raises(CampaignValidationError, match="drift"):
+        predictor.spread_inflation("glucose", drift=float("nan"))

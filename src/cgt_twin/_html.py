@@ -285,8 +285,8 @@ _STATUS_COLOUR = {"converged": "green", "improving": "darkorange"}
 def plan_html(plan) -> str:
     """Summary of a `cgt_twin.control.mpc.Plan`: when it was made, its status (a fallback in bold red, with its
     reason), the objective, the optimiser's evaluations and wall time, the planned boluses (time, volume in mL) and
-    the fraction of draws meeting each constraint at every check time, with the widening of the draws' spread for
-    model error (`MPCConfig.spread_inflation`)."""
+    the fraction of draws meeting each constraint at every check time, with the widening of the draws' spread and
+    their shift for the twin's drift (`MPCConfig.spread_inflation`, `MPCConfig.drift_correction`)."""
     status = str(plan.status)
     if plan.is_fallback:
         shown = f'<span style="{_FAILED}">{_esc(status)}</span>'
@@ -307,12 +307,16 @@ def plan_html(plan) -> str:
         parts.append(_details(f"boluses ({len(rows)} decisions)",
                               table_html(["time [h]", "time [d]", "volume [mL]"], rows), open_=len(rows) <= 12))
     inflation = plan.spread_inflation  # constraint names start with their variable ("glucose >= 2")
+    drift = getattr(plan, "drift", {})
     chances = [[name, f"{100 * float(p):.0f} %", f"×{float(inflation[name.split()[0]]) ** 0.5:.2g}"
-                if name.split()[0] in inflation else "—"] for name, p in plan.constraint_probability.items()]
+                if name.split()[0] in inflation else "—",
+                f"{24 * float(drift[name.split()[0]]):+.3g} per day" if drift.get(name.split()[0], 0) else "—"]
+               for name, p in plan.constraint_probability.items()]
     if chances:
-        parts.append(_details("constraints: fraction of draws meeting each at every check time (draws widened by "
-                              "the model error seen in the innovations)",
-                              table_html(["constraint", "met in", "draws' spread"], chances), open_=True))
+        parts.append(_details("constraints: fraction of draws meeting each at every check time (draws widened and "
+                              "shifted by the model error seen in the innovations)",
+                              table_html(["constraint", "met in", "draws' spread", "draws' drift"], chances),
+                              open_=True))
     else:
         parts.append("no constraints")
     return "<div>" + "".join(f"<div>{p}</div>" for p in parts) + "</div>"

@@ -14,9 +14,13 @@ minimum/maximum, lactate and ammonia limits — are *chance constraints* over th
 draws" means the draws' 5 % quantile stays above 2 mM at every check time (each row end: before every bolus and every
 `check_every_h`). They enter the optimiser as squared-hinge penalties on that quantile; the bolus bounds are box
 constraints and the volume limit is also enforced exactly by projection, so a returned plan never overfills.
-The draws carry the posterior's and the filter's uncertainty but not the twin's structural error; by default each
-constrained variable's draws are widened around their mean by √λ, the variance inflation the predictor's latest
-one-step-ahead errors call for (`Predictor.spread_inflation`; 1 while the twin predicts within its own spread).
+The draws carry the posterior's and the filter's uncertainty but not the twin's structural error. By default the
+predictor's latest one-step-ahead errors correct them for it, in two parts: a *drift*, the mean rate of those errors
+(`Predictor.innovation_drift`, e.g. mM/h when the plant eats glucose faster than every draw), shifts each
+constrained variable's draws in the direction that tightens its limit, growing with time until the decision after the
+next one and constant after it (later decisions see the drift in their own measurements and correct for it); and the
+errors' remaining scatter widens the draws around their mean by √λ, the variance inflation it calls for
+(`Predictor.spread_inflation`; 1 while the twin predicts within its own spread).
 
 A penalty on a quantile goes flat where the quantile's draws are depleted: once glucose runs out before a check time, a
 somewhat larger bolus is eaten before that time too, and the gradient vanishes while the constraint is broken.
@@ -96,7 +100,12 @@ class MPCConfig:
             predictor's `Predictor.spread_inflation` estimated from its latest one-step-ahead errors (1 while the
             twin predicts within its own spread); a number ≥ 1 fixes λ for every constrained variable (1 = the draws
             as they are). Nominal MPC (one draw) has no spread to widen.
-        inflation_window: the number of latest innovations λ is estimated from (``"innovations"``).
+        inflation_window: the number of latest innovations λ (and the drift) are estimated from (``"innovations"``).
+        drift_correction: with ``spread_inflation="innovations"``, also shift the constrained variables' draws by the
+            drift of the innovations (`Predictor.innovation_drift`; see the module docstring) and estimate λ from the
+            innovations less that drift. A twin whose errors are a bias (the plant eats more every day) otherwise gets
+            all of the bias as spread, widened over the whole horizon, and overfeeds (measured on the closed-loop
+            benchmark's plant draw 6: λ up to 52, glucose fed up to 26 mM; benchmarks/README.md, session 16).
         check_every_h: spacing of extra constraint checks, h. None (default) checks before every decision and at the
             end only: between boluses glucose falls and lactate and ammonia rise monotonically in a fed-batch, so those
             are the extremes, and every extra check is a solver segment (a cost in every evaluation).
@@ -130,6 +139,7 @@ class MPCConfig:
     n_draws: int = 64
     spread_inflation: str | float = "innovations"
     inflation_window: int = 5
+    drift_correction: bool = True
     check_every_h: float | None = None
     penalty: float = 100.0
     max_evaluations: int = 6
@@ -168,6 +178,8 @@ class MPCConfig:
                             f"{self.spread_inflation!r}")
         if not (isinstance(self.inflation_window, int) and self.inflation_window >= 2):
             problems.append(f"inflation_window must be an integer >= 2, got {self.inflation_window!r}")
+        if not isinstance(self.drift_correction, bool):
+            problems.append(f"drift_correction must be true or false, got {self.drift_correction!r}")
         if not 0 < self.tolerance < 1:
             problems.append("tolerance must be in (0, 1)")
         if self.glucose_band[0] >= self.glucose_band[1]:
@@ -230,6 +242,8 @@ class Plan:
             volume under this plan, at `prediction_times_h` (for plots; the draws as they are, not inflated).
         spread_inflation: constrained variable -> the variance-inflation factor λ its chance constraint used
             (`MPCConfig.spread_inflation`); `constraint_probability` is computed on the widened draws.
+        drift: constrained variable -> the drift its draws were shifted by, in its unit per hour (0: none;
+            `MPCConfig.drift_correction`).
     """
 
     time_h: float
@@ -244,6 +258,7 @@ class Plan:
     prediction_times_h: tuple[float, ...] = ()
     prediction: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
     spread_inflation: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    drift: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def is_fallback(self) -> bool:
@@ -282,10 +297,12 @@ class Plan:
                                                                            strict=True))
         chances = ", ".join(f"{k} {v:.0%}" for k, v in self.constraint_probability.items())
         widened = ", ".join(f"{k} ×{math.sqrt(v):.2g}" for k, v in self.spread_inflation.items() if v > 1)
+        shifted = ", ".join(f"{k} {v * 24:+.3g} per day" for k, v in self.drift.items() if v != 0)
         return (f"Plan at {self.time_h:g} h [{self.status}], objective {self.objective:.4g}, "
                 f"{self.evaluations} evaluations in {self.seconds * 1000:.0f} ms\n  boluses: {volumes or 'none'}\n"
                 f"  constraints met in: {chances or 'no constraints'}"
-                + (f"\n  draws widened for model error (sd): {widened}" if widened else ""))
+                + (f"\n  draws widened for model error (sd): {widened}" if widened else "")
+                + (f"\n  draws shifted for the twin's drift: {shifted}" if shifted else ""))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -304,6 +321,7 @@ class _Call:
     started: float  # perf_counter at the call's start
     feed: Mapping[str, float] = dataclasses.field(default_factory=dict)  # species -> concentration in the feed, mM
     inflation: Mapping[str, float] = dataclasses.field(default_factory=dict)  # constrained variable -> λ
+    drift: Mapping[str, float] = dataclasses.field(default_factory=dict)  # constrained variable -> unit/h
 
     @property
     def volume_limit(self) -> float:
@@ -382,33 +400,39 @@ class FeedingController:
     def step(self, predictor) -> Plan:
         """Plans from a `cgt_twin.control.Predictor`'s current belief (its particles, time and protocol)."""
         y, params = self._draws(predictor, self.config.n_draws)
-        inflation = None
+        inflation = drift = None
         if self.config.spread_inflation == "innovations" and self.config.n_draws > 1:
-            inflation = {var: predictor.spread_inflation(var, last=self.config.inflation_window)
-                         for var, _, _ in self._limits() if var in predictor.variables}
+            window = self.config.inflation_window
+            measured = sorted({var for var, _, _ in self._limits() if var in predictor.variables})
+            drift = {var: self._tightening(var, predictor.innovation_drift(var, last=window))
+                     if self.config.drift_correction else 0.0 for var in measured}
+            inflation = {var: predictor.spread_inflation(var, last=window, drift=drift[var]) for var in measured}
         return self.plan(predictor.time_h, y, params, predictor.protocol, predictor.current_inputs(),
-                         spread_inflation=inflation)
+                         spread_inflation=inflation, drift=drift)
 
     def plan(self, time_h: float, states: np.ndarray, params: Mapping[str, np.ndarray], protocol: Protocol,
-             inputs=None, *, spread_inflation: Mapping[str, float] | None = None) -> Plan:
+             inputs=None, *, spread_inflation: Mapping[str, float] | None = None,
+             drift: Mapping[str, float] | None = None) -> Plan:
         """Plans from explicit draws: `states` (draws, state) at `time_h` (pre-event values there) and `params`
         name -> (draws,); `protocol` is the batch's recorded protocol (its future boluses of the controlled medium
         are replaced by the plan). `inputs` (`cgt_twin.models.kinetics.Inputs`) in force at `time_h` default to
         those the protocol's events set; a twin whose residual sees batch covariates needs them given (as
         `Predictor.current_inputs` does). `spread_inflation` (constrained variable -> λ ≥ 1) widens the draws of
         the chance constraints (`MPCConfig.spread_inflation`; `step` takes λ from the predictor's innovations);
-        without it a numeric `MPCConfig.spread_inflation` applies, else none."""
-        call = self._setup(time_h, states, params, protocol, inputs, spread_inflation)
+        without it a numeric `MPCConfig.spread_inflation` applies, else none. `drift` (constrained variable -> rate,
+        its unit per hour) shifts them (`MPCConfig.drift_correction`; `step` takes it from the innovations): the
+        part that tightens the variable's limit is used, the rest ignored; without it, none."""
+        call = self._setup(time_h, states, params, protocol, inputs, spread_inflation, drift)
         if not len(call.future):
             return self._finish(call, np.zeros(0), "converged", 0)
         return self._optimise(call, self._initial_guess(call))
 
     def evaluate(self, time_h: float, states: np.ndarray, params: Mapping[str, np.ndarray], protocol: Protocol,
-                 volumes: Sequence[float], inputs=None, *, spread_inflation: Mapping[str, float] | None = None
-                 ) -> tuple[float, float, np.ndarray]:
+                 volumes: Sequence[float], inputs=None, *, spread_inflation: Mapping[str, float] | None = None,
+                 drift: Mapping[str, float] | None = None) -> tuple[float, float, np.ndarray]:
         """A given plan's ``(objective, penalty, gradient of objective - config.penalty·penalty per decision)``
         for the same draws as `plan` (for checks and what-if questions; `volumes` one per future decision)."""
-        call = self._setup(time_h, states, params, protocol, inputs, spread_inflation)
+        call = self._setup(time_h, states, params, protocol, inputs, spread_inflation, drift)
         values, grads, _ = _value_and_grad(call.problem, _full(np.asarray(volumes, dtype=np.float64), call.dyn),
                                            _arrays(call.dyn), jnp.asarray(call.volume_limit))
         values, grads = np.asarray(values), np.asarray(grads)[:, call.dyn["active"]]
@@ -427,7 +451,28 @@ class FeedingController:
                                                          f"{constrained} to numbers >= 1; got {dict(given)}"))
         return {var: float(given.get(var, 1.0)) for var in constrained}
 
-    def _setup(self, time_h, states, params, protocol, inputs, spread_inflation=None) -> _Call:
+    def _tightening(self, variable: str, rate: float) -> float:
+        """The part of a drift `rate` that tightens `variable`'s limits: downwards for a lower limit, upwards for an
+        upper one, either way for a variable with both."""
+        sides = {side for var, _, side in self._limits() if var == variable}
+        if sides == {"lower"}:
+            return min(rate, 0.0)
+        if sides == {"upper"}:
+            return max(rate, 0.0)
+        return rate if sides else 0.0
+
+    def _drift(self, given: Mapping[str, float] | None) -> dict[str, float]:
+        """Constrained variable -> the drift used, unit/h: the tightening part of `given` (checked), else 0."""
+        constrained = sorted({var for var, _, _ in self._limits()})
+        given = dict(given or {})
+        unknown = sorted(set(given) - set(constrained))
+        bad = {k: v for k, v in given.items() if not math.isfinite(v)}
+        if unknown or bad:
+            raise CampaignValidationError(Problem("mpc", f"drift must map constrained variables {constrained} to "
+                                                         f"finite rates (their unit per hour); got {given}"))
+        return {var: self._tightening(var, float(given.get(var, 0.0))) for var in constrained}
+
+    def _setup(self, time_h, states, params, protocol, inputs, spread_inflation=None, drift=None) -> _Call:
         """Everything one call needs: the table from now to the end with a row per future decision, the draws."""
         started = _time.perf_counter()
         config = self.config
@@ -476,12 +521,17 @@ class FeedingController:
                            config.probability, config.glucose_band, config.feed_cost)
         inflation = self._inflation(spread_inflation)
         widen = np.asarray([math.sqrt(inflation.get(v, 1.0)) for v in self.variables])  # sd factor per variable
+        drift = self._drift(drift)
+        rates = np.asarray([drift.get(v, 0.0) for v in self.variables])  # unit/h per variable
+        # the drift accumulates until the decision after the next one, where the measurements have shown it again
+        until = future[1] if len(future) > 1 else end
+        shift = np.clip(np.asarray(table.t1) - time_h, 0.0, max(until - time_h, 0.0))[:, None] * rates[None, :]
         dyn = dict(params={k: jnp.asarray(np.asarray(v, dtype=np.float64)) for k, v in params.items()},
                    y=jnp.asarray(states), inputs=inputs, table=table._replace(valid=jnp.asarray(table.valid)),
-                   matrix=jnp.asarray(matrix), widen=jnp.asarray(widen), active=active, n_decisions=matrix.shape[1])
+                   matrix=jnp.asarray(matrix), widen=jnp.asarray(widen), shift=jnp.asarray(shift), active=active, n_decisions=matrix.shape[1])
         fallback, why = self._fallback(future)
         call = _Call(float(time_h), future, problem, dyn, volume_now, samples, max_volume, fallback, why, started,
-                     dict(zip(kinetics.species, conc.tolist(), strict=True)), inflation)
+                     dict(zip(kinetics.species, conc.tolist(), strict=True)), inflation, drift)
         return dataclasses.replace(call, fallback=self._project(fallback, call))
 
     def _initial_guess(self, call: _Call) -> np.ndarray:
@@ -515,7 +565,7 @@ class FeedingController:
         on the last decision before that check; None when no such constraint is broken."""
         table = call.dyn["table"]
         valid, t_end = np.asarray(table.valid), np.asarray(table.t1)
-        observed = _widened(observed, ok, np.asarray(call.dyn["widen"]))
+        observed = _widened(observed, ok, np.asarray(call.dyn["widen"]), np.asarray(call.dyn["shift"]))
         direction = np.zeros(len(call.future))
         for var, bound, side in self._limits():
             if call.feed.get(var, 0.0) <= bound or bound <= 0:
@@ -679,7 +729,7 @@ class FeedingController:
             values = observed[ok][:, keep_rows, j] if ok.any() else np.full((1, keep_rows.size), np.nan)
             prediction[name] = np.stack([values.mean(axis=0), *np.quantile(values, quantiles, axis=0)])
         probabilities = {}
-        widened = _widened(observed, ok, np.asarray(dyn["widen"]))
+        widened = _widened(observed, ok, np.asarray(dyn["widen"]), np.asarray(dyn["shift"]))
         for var, bound, side in self._limits():
             j = self.variables.index(var)
             values = widened[:, np.nonzero(valid)[0], j]
@@ -697,7 +747,7 @@ class FeedingController:
             self._previous, self._previous_times = volumes.copy(), tuple(float(t) for t in future)
         return Plan(call.time_h, tuple(float(t) for t in future), tuple(float(v) for v in volumes), config.medium,
                     status, float(objective), probabilities, evaluations, _time.perf_counter() - call.started,
-                    tuple(float(t) for t in times), prediction, dict(call.inflation))
+                    tuple(float(t) for t in times), prediction, dict(call.inflation), dict(call.drift))
 
 
 def _full(volumes, dyn) -> jnp.ndarray:
@@ -708,16 +758,18 @@ def _full(volumes, dyn) -> jnp.ndarray:
 
 
 def _arrays(dyn) -> dict:
-    return {k: dyn[k] for k in ("params", "y", "inputs", "table", "matrix", "widen")}
+    return {k: dyn[k] for k in ("params", "y", "inputs", "table", "matrix", "widen", "shift")}
 
 
-def _widened(observed, ok, widen):
+def _widened(observed, ok, widen, shift=None):
     """The draws' predictions (draws, rows, variables) spread by `widen` (variables,) around their mean over the
-    draws that solved (numpy or JAX arrays): the chance constraints' view of them (`MPCConfig.spread_inflation`)."""
+    draws that solved, then moved by `shift` (rows, variables) (numpy or JAX arrays): the chance constraints' view of
+    them (`MPCConfig.spread_inflation`, `MPCConfig.drift_correction`)."""
     xp = jnp if isinstance(observed, jax.Array) else np
     weight = ok / xp.maximum(xp.sum(ok), 1)
     mean = xp.einsum("d,drv->rv", weight, observed)
-    return mean[None] + widen * (observed - mean[None])
+    widened = mean[None] + widen * (observed - mean[None])
+    return widened if shift is None else widened + shift[None]
 
 
 class _Problem(eqx.Module):
@@ -769,7 +821,7 @@ def _terms(problem: _Problem, u, dyn, volume_limit, observed, ok):
         objective = objective + w * value
     objective = objective - problem.feed_cost * jnp.sum(u)
     penalty = 0.0
-    widened = _widened(observed, ok, dyn["widen"])
+    widened = _widened(observed, ok, dyn["widen"], dyn["shift"])
     for var, bound, side in problem.limits:
         values = jnp.where(ok[:, None], widened[:, :, index[var]], 0.0 if side == "lower" else 1e6)
         level = 1 - problem.probability if side == "lower" else problem.probability

@@ -592,28 +592,58 @@ class Predictor:
             noise_var = float(self.noise[j, 0] ** 2 + (self.noise[j, 1] * mean) ** 2)
             yield snap.time_h, snap.time_h - previous.time_h, value, mean, max(var, 0.0), noise_var
 
-    def spread_inflation(self, variable: str, *, last: int = 5) -> float:
+    def innovation_drift(self, variable: str, *, last: int = 5) -> float:
+        """The mean rate of the latest one-step-ahead errors of `variable`, in its unit per hour: d = Σ e / Σ Δt over
+        the `last` assimilations that measured it (innovation e = measured − predicted mean, Δt the hours it was
+        predicted over). 0 with fewer than two such innovations.
+
+        A twin that only lacks precision has errors that scatter around zero (d near 0); a twin whose structure
+        misses something has errors of one sign that grow with the interval (glucose lower than every draw, day
+        after day, when the plant eats faster): d < 0 then, and ``d·Δt`` is the part of the next error to expect.
+        `cgt_twin.control.FeedingController` shifts its chance constraints' draws by it
+        (`MPCConfig.drift_correction`).
+        """
+        j = self._observed_index(variable, "innovation_drift", last)
+        errors = hours = 0.0
+        count = 0
+        for _, interval, value, mean, _, _ in self._innovation_records(j, newest_first=True):
+            if interval > 0:
+                errors += value - mean
+                hours += interval
+                count += 1
+            if count == last:
+                break
+        return errors / hours if count >= 2 and hours > 0 else 0.0
+
+    def _observed_index(self, variable: str, what: str, last: int) -> int:
+        if variable not in self.variables:
+            raise CampaignValidationError(Problem(what, f"unknown variable {variable!r}; the predictor observes "
+                                                        f"{', '.join(self.variables)}"))
+        if last < 2:
+            raise CampaignValidationError(Problem(what, f"last must be >= 2, got {last}"))
+        self._require_started()
+        return self.variables.index(variable)
+
+    def spread_inflation(self, variable: str, *, last: int = 5, drift: float = 0.0) -> float:
         """How much wider the twin's spread of `variable` must be to explain its latest one-step-ahead errors: the
         variance-inflation factor λ = max(1, (Σ e² − Σ σ²) / Σ s²) over the `last` assimilations that measured it
         (innovation e = measured − predicted mean, σ the measurement noise there, s the particles' predicted spread;
         a moment estimate, as in adaptive covariance inflation of ensemble Kalman filters: Anderson 2007, Tellus A
         59:210–224). 1 with fewer than two such innovations, or when the errors are within the predicted spread.
+        With a `drift` d (unit/h; `innovation_drift`), the errors are taken less the drift's part, e − d·Δt: the
+        scatter left once a bias is accounted for.
 
         The particles' spread covers only the uncertainty the posterior and the filter know; an inflation well above
         1 says that the twin's structure misses something (the plant eats more late in the batch than any draw, say).
         `cgt_twin.control.FeedingController` widens the chance constraints' draws by √λ around their mean.
         """
-        if variable not in self.variables:
-            raise CampaignValidationError(Problem("spread_inflation", f"unknown variable {variable!r}; the predictor "
-                                                                      f"observes {', '.join(self.variables)}"))
-        if last < 2:
-            raise CampaignValidationError(Problem("spread_inflation", f"last must be >= 2, got {last}"))
-        self._require_started()
+        j = self._observed_index(variable, "spread_inflation", last)
+        if not math.isfinite(drift):
+            raise CampaignValidationError(Problem("spread_inflation", f"drift must be finite, got {drift}"))
         recent = []  # (innovation², noise variance, predicted variance), newest first; no pandas: called every MPC step
-        for _, interval, value, mean, var, noise_var in self._innovation_records(self.variables.index(variable),
-                                                                                  newest_first=True):
+        for _, interval, value, mean, var, noise_var in self._innovation_records(j, newest_first=True):
             if interval > 0:
-                recent.append(((value - mean) ** 2, noise_var, var))
+                recent.append(((value - mean - drift * interval) ** 2, noise_var, var))
             if len(recent) == last:
                 break
         if len(recent) < 2:
