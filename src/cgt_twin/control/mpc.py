@@ -529,7 +529,8 @@ class FeedingController:
         shift = np.clip(np.asarray(table.t1) - time_h, 0.0, max(until - time_h, 0.0))[:, None] * rates[None, :]
         dyn = dict(params={k: jnp.asarray(np.asarray(v, dtype=np.float64)) for k, v in params.items()},
                    y=jnp.asarray(states), inputs=inputs, table=table._replace(valid=jnp.asarray(table.valid)),
-                   matrix=jnp.asarray(matrix), widen=jnp.asarray(widen), shift=jnp.asarray(shift), active=active, n_decisions=matrix.shape[1])
+                   matrix=jnp.asarray(matrix), widen=jnp.asarray(widen), shift=jnp.asarray(shift), active=active,
+                   n_decisions=matrix.shape[1])
         fallback, why = self._fallback(future)
         call = _Call(float(time_h), future, problem, dyn, volume_now, samples, max_volume, fallback, why, started,
                      dict(zip(kinetics.species, conc.tolist(), strict=True)), inflation, drift)
