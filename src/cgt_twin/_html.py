@@ -307,7 +307,7 @@ def plan_html(plan) -> str:
         parts.append(_details(f"boluses ({len(rows)} decisions)",
                               table_html(["time [h]", "time [d]", "volume [mL]"], rows), open_=len(rows) <= 12))
     inflation = plan.spread_inflation  # constraint names start with their variable ("glucose >= 2")
-    drift = getattr(plan, "drift", {})
+    drift = plan.drift
     chances = [[name, f"{100 * float(p):.0f} %", f"×{float(inflation[name.split()[0]]) ** 0.5:.2g}"
                 if name.split()[0] in inflation else "—",
                 f"{24 * float(drift[name.split()[0]]):+.3g} per day" if drift.get(name.split()[0], 0) else "—"]

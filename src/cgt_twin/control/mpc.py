@@ -105,8 +105,9 @@ class MPCConfig:
             drift of the innovations (`Predictor.innovation_drift`; see the module docstring) and estimate λ from the
             innovations less that drift. A twin whose errors are a bias (the plant eats more every day) otherwise gets
             all of the bias as spread, widened over the whole horizon, and overfeeds (measured on the closed-loop
-            benchmark's plant draw 6: λ up to 52, glucose fed up to 26 mM; benchmarks/README.md, session 16). `step`
-            of nominal MPC (one draw) asks for neither; `plan` applies a `drift` given to it whatever the draws.
+            benchmark's plant draw 6: λ up to 52, glucose kept at 23–26 mM or more late; benchmarks/README.md,
+            session 16). `step` of nominal MPC (one draw) asks for neither; `plan` applies a `drift` given to it
+            whatever the draws.
         check_every_h: spacing of extra constraint checks, h. None (default) checks before every decision and at the
             end only: between boluses glucose falls and lactate and ammonia rise monotonically in a fed-batch, so those
             are the extremes, and every extra check is a solver segment (a cost in every evaluation).
