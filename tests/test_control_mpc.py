@@ -250,17 +250,19 @@ def test_spread_inflation_widens_the_chance_constraints(twin, monkeypatch):
         plain_under_widened.constraint_probability["glucose >= 2"]
     assert "widened" in str(plans[4.0]) and "widened" not in str(plans[1.0])
 
-    monkeypatch.setattr(Predictor, "spread_inflation", lambda self, variable, last=5, drift=0.0: 3.0 + drift)
-    monkeypatch.setattr(Predictor, "innovation_drift", lambda self, variable, last=5: -0.5)
+    monkeypatch.setattr(Predictor, "spread_inflation", lambda self, variable, last=5, drift=0.0, per=None: 3.0 + drift)
+    monkeypatch.setattr(Predictor, "innovation_drift", lambda self, variable, last=5, per=None: -0.25 if per else -0.5)
+    monkeypatch.setattr(Predictor, "state_mean", lambda self, state: {"vcd": 4.0}[state])
     asked = []
     monkeypatch.setattr(FeedingController, "plan", lambda self, *args, spread_inflation=None, drift=None: asked.append(
         (spread_inflation, drift)))
-    FeedingController(twin, _config(n_draws=16)).step(predictor)  # λ from the innovations less their drift
+    FeedingController(twin, _config(n_draws=16, drift_per="vcd")).step(predictor)  # per cell, at the cells now
+    FeedingController(twin, _config(n_draws=16)).step(predictor)  # a rate per hour; λ less the drift
     FeedingController(twin, _config(n_draws=16, drift_correction=False)).step(predictor)
     FeedingController(twin, _config(n_draws=1)).step(predictor)  # nominal: one draw has no spread to widen
     FeedingController(twin, _config(n_draws=16, spread_inflation=1.0)).step(predictor)  # fixed: not asked
-    assert asked == [({"glucose": 2.5}, {"glucose": -0.5}), ({"glucose": 3.0}, {"glucose": 0.0}), (None, None),
-                     (None, None)]
+    assert asked == [({"glucose": 2.75}, {"glucose": -1.0}), ({"glucose": 2.5}, {"glucose": -0.5}),
+                     ({"glucose": 3.0}, {"glucose": 0.0}), (None, None), (None, None)]
     monkeypatch.undo()
     fixed = FeedingController(twin, _config(n_draws=16, max_evaluations=1, spread_inflation=2.0))
     assert fixed.plan(0.0, y, params, _protocol()).spread_inflation == {"glucose": 2.0}
@@ -316,3 +318,37 @@ def test_drift_shifts_the_chance_constraints_until_the_decision_after_next(twin)
             controller.plan(0.0, y, params, _protocol(), drift=bad)
     with pytest.raises(CampaignValidationError, match="drift_correction"):
         _config(drift_correction="yes").check()
+    with pytest.raises(CampaignValidationError, match="drift_per"):
+        _config(drift_per="").check()
+    with pytest.raises(CampaignValidationError, match="drift_per 'happiness' is not a state"):
+        FeedingController(twin, _config(n_draws=16, drift_per="happiness"))
+
+
+def test_the_tracking_start_puts_each_lower_chance_constraint_on_its_bound(twin):
+    """Without a previous plan the optimiser starts from the plan that keeps glucose's lower quantile on its bound
+    until the next decision (`MPCConfig.initial_plan`): its first evaluated plan has the quantile at 2 mM at its
+    tightest check after the first decision, where the even start leaves it far above, and a higher titre; the last
+    decision, which cannot bring the end's check to the bound alone, sits at the bolus maximum and the first brings
+    the rest; without a lower limit it is the even start."""
+    predictor = Predictor(twin, settings=PredictorSettings(n_particles=64, initial_spread=0.25))
+    predictor.start(_protocol(), INITIAL)
+    y, params = FeedingController(twin, _config(n_draws=16))._draws(predictor, 16)
+    nominal = _state(twin)
+    for draws, (states, parameters) in ((16, (y, params)), (1, nominal)):
+        first = {}
+        for start in ("even", "track_limits"):  # one evaluation: the plan returned is the start
+            controller = FeedingController(twin, _config(n_draws=draws, probability=0.9, max_evaluations=1,
+                                                         initial_plan=start))
+            first[start] = controller.plan(0.0, states, parameters, _protocol())
+        after_first = np.asarray(first["even"].prediction_times_h) > DECISIONS[0]
+        low = {k: p.prediction["glucose"][1 if draws > 1 else 0, after_first].min() for k, p in first.items()}
+        assert low["track_limits"] == pytest.approx(2.0, abs=0.05), low
+        assert low["even"] > 8.0, low
+        assert first["track_limits"].objective > first["even"].objective + 5.0
+        assert first["track_limits"].volumes_l[0] < first["even"].volumes_l[0]
+        assert first["track_limits"].volumes_l[1] == pytest.approx(0.06)  # the end's bound is out of its reach
+    unlimited = {start: FeedingController(twin, _config(glucose_min=None, max_evaluations=1, initial_plan=start))
+                 .plan(0.0, *nominal, _protocol()).volumes_l for start in ("even", "track_limits")}
+    assert unlimited["track_limits"] == unlimited["even"]
+    with pytest.raises(CampaignValidationError, match="initial_plan"):
+        _config(initial_plan="random").check()

@@ -312,7 +312,7 @@ def test_innovations_are_the_one_step_predictions_and_reveal_a_biased_twin(twin)
     for biased in (False, True):
         predictor = _predictor(twin)
         predictor.start(protocol, INITIAL)
-        forecasts = []
+        forecasts, cells = [], [predictor.state_mean("vcd")]
         for t in times:
             rows = [r for r in honest if r[0] == t]
             if biased:  # the plant eats glucose 25 % faster than the twin: lower and lower glucose
@@ -321,6 +321,7 @@ def test_innovations_are_the_one_step_predictions_and_reveal_a_biased_twin(twin)
             forecasts.append(float(predictor.forecast(horizon_h=ahead, step_h=ahead)["glucose"]
                                    .sel(statistic="mean").values[-1]))
             predictor.update(rows)
+            cells.append(predictor.state_mean("vcd"))
         table = predictor.innovations()
         glucose = table[table["variable"] == "glucose"]
         assert list(glucose["time_h"]) == times and list(glucose["interval_h"]) == [24.0] * 5
@@ -348,8 +349,18 @@ def test_innovations_are_the_one_step_predictions_and_reveal_a_biased_twin(twin)
         scatter = errors - drift * recent["interval_h"].to_numpy()
         assert predictor.spread_inflation("glucose", drift=drift) == pytest.approx(max(1.0, (
             np.sum(scatter ** 2) - np.sum(recent["noise_sd"] ** 2)) / np.sum(recent["predicted_sd"] ** 2)), rel=1e-12)
-        if biased:  # glucose below every prediction: a drift downwards, which takes part of λ with it
+        # per cell: the errors over the cell-hours, each interval's cells the mean of the filter's at its two ends
+        per_cell = predictor.innovation_drift("glucose", per="vcd")
+        cell_hours = 24.0 * 0.5 * (np.asarray(cells[:-1]) + np.asarray(cells[1:]))
+        assert per_cell == pytest.approx(errors.sum() / cell_hours.sum(), rel=1e-12)
+        assert predictor.spread_inflation("glucose", drift=per_cell, per="vcd") == pytest.approx(max(1.0, (
+            np.sum((errors - per_cell * cell_hours) ** 2) - np.sum(recent["noise_sd"] ** 2))
+            / np.sum(recent["predicted_sd"] ** 2)), rel=1e-12)
+        assert cells[-1] == pytest.approx(predictor.particles()[0][:, 0] @ predictor.particles()[2], rel=1e-12)
+        if biased:  # glucose below every prediction: a drift downwards, which takes part of λ with it; the errors
+            # grow with the cells, so the rate per cell at today's cells is steeper than the days' mean rate
             assert drift < -0.01 and predictor.spread_inflation("glucose", drift=drift) < inflation
+            assert per_cell * cells[-1] < 1.2 * drift, (per_cell * cells[-1], drift)
         else:
             assert abs(drift) < 0.01, drift
     with pytest.raises(CampaignValidationError, match="unknown variable"):
@@ -362,3 +373,7 @@ def test_innovations_are_the_one_step_predictions_and_reveal_a_biased_twin(twin)
         predictor.innovation_drift("glucose", last=1)
     with pytest.raises(CampaignValidationError, match="drift"):
         predictor.spread_inflation("glucose", drift=float("nan"))
+    with pytest.raises(CampaignValidationError, match="unknown state 'happiness'"):
+        predictor.innovation_drift("glucose", per="happiness")
+    with pytest.raises(CampaignValidationError, match="unknown state"):
+        predictor.state_mean("happiness")

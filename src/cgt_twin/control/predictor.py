@@ -571,7 +571,7 @@ class Predictor:
         self._require_started()
         rows = []
         for j, variable in enumerate(self.variables):
-            for time_h, interval, value, mean, var, noise_var in self._innovation_records(j):
+            for time_h, interval, value, mean, var, noise_var, _ in self._innovation_records(j):
                 total = math.sqrt(var + noise_var)
                 rows.append({"time_h": time_h, "variable": variable, "value": value, "predicted_mean": mean,
                              "predicted_sd": math.sqrt(var), "noise_sd": math.sqrt(noise_var), "interval_h": interval,
@@ -581,39 +581,63 @@ class Predictor:
         table = pd.DataFrame(rows, columns=columns)
         return table.sort_values("time_h", kind="stable").reset_index(drop=True)  # in time, variables in their order
 
-    def _innovation_records(self, j: int, *, newest_first: bool = False):
+    def _innovation_records(self, j: int, *, newest_first: bool = False, per: str | None = None):
         """``(time h, hours since the previous assimilation, measured value, predicted mean, predicted variance,
-        measurement-noise variance at the prediction)`` of every assimilation that measured variable `j`."""
+        measurement-noise variance at the prediction, exposure)`` of every assimilation that measured variable `j`.
+        The exposure is the interval's hours, or with `per` (a state of the twin) the hours times the state's mean at
+        the interval's two ends (its particles' weighted means after assimilation there), e.g. 1e6 cells/mL·h."""
+        k = self._state_index(per) if per is not None else None
         pairs = list(zip(self._snapshots[:-1], self._snapshots[1:], strict=False))
         for previous, snap in reversed(pairs) if newest_first else pairs:
             if snap.innovation is None or not snap.innovation[j, 1]:
                 continue
             value, _, mean, var = (float(x) for x in snap.innovation[j])
             noise_var = float(self.noise[j, 0] ** 2 + (self.noise[j, 1] * mean) ** 2)
-            yield snap.time_h, snap.time_h - previous.time_h, value, mean, max(var, 0.0), noise_var
+            interval = snap.time_h - previous.time_h
+            exposure = interval if k is None else interval * 0.5 * (_state_mean(previous, k) + _state_mean(snap, k))
+            yield snap.time_h, interval, value, mean, max(var, 0.0), noise_var, exposure
 
-    def innovation_drift(self, variable: str, *, last: int = 5) -> float:
+    def _state_index(self, state: str) -> int:
+        names = self.twin.kinetics.layout.names
+        if state not in names:
+            raise CampaignValidationError(Problem("per", f"unknown state {state!r}; the twin's states are "
+                                                         f"{', '.join(names)}"))
+        return names.index(state)
+
+    def state_mean(self, state: str) -> float:
+        """The current belief's weighted mean of one of the twin's states (canonical unit), at `time_h`'s latest
+        assimilation."""
+        self._require_started()
+        return _state_mean(self._snapshots[-1], self._state_index(state))
+
+    def innovation_drift(self, variable: str, *, last: int = 5, per: str | None = None) -> float:
         """The mean rate of the latest one-step-ahead errors of `variable`, in its unit per hour: d = Σ e / Σ Δt over
         the `last` assimilations that measured it (innovation e = measured − predicted mean, Δt the hours it was
         predicted over). 0 with fewer than two such innovations.
 
+        With `per`, a state of the twin (``"vcd"``), the rate per hour and per unit of that state instead:
+        d = Σ e / Σ Δt·x̄, x̄ the state's mean over each interval (the mean of its filtered means at the two ends).
+        A consumption the twin gets wrong by a factor makes errors that grow with the cells that consume; per cell
+        the rate is steady, and d·x(now) extrapolates it to the next interval where a rate per hour, averaged over
+        the last days' smaller cultures, lags behind (benchmarks/README.md, session 17).
+
         A twin that only lacks precision has errors that scatter around zero (d near 0); a twin whose structure
         misses something has errors of one sign that grow with the interval (glucose lower than every draw, day
-        after day, when the plant eats faster): d < 0 then, and ``d·Δt`` is the part of the next error to expect.
-        `cgt_twin.control.FeedingController` shifts its chance constraints' draws by it
-        (`MPCConfig.drift_correction`).
+        after day, when the plant eats faster): d < 0 then, and ``d·Δt`` (``d·x̄·Δt``) is the part of the next error
+        to expect. `cgt_twin.control.FeedingController` shifts its chance constraints' draws by it
+        (`MPCConfig.drift_correction`, `MPCConfig.drift_per`).
         """
         j = self._observed_index(variable, "innovation_drift", last)
-        errors = hours = 0.0
+        errors = exposure = 0.0
         count = 0
-        for _, interval, value, mean, _, _ in self._innovation_records(j, newest_first=True):
+        for _, interval, value, mean, _, _, weight in self._innovation_records(j, newest_first=True, per=per):
             if interval > 0:
                 errors += value - mean
-                hours += interval
+                exposure += weight
                 count += 1
             if count == last:
                 break
-        return errors / hours if count >= 2 and hours > 0 else 0.0
+        return errors / exposure if count >= 2 and exposure > 0 else 0.0
 
     def _observed_index(self, variable: str, what: str, last: int) -> int:
         if variable not in self.variables:
@@ -624,14 +648,14 @@ class Predictor:
         self._require_started()
         return self.variables.index(variable)
 
-    def spread_inflation(self, variable: str, *, last: int = 5, drift: float = 0.0) -> float:
+    def spread_inflation(self, variable: str, *, last: int = 5, drift: float = 0.0, per: str | None = None) -> float:
         """How much wider the twin's spread of `variable` must be to explain its latest one-step-ahead errors: the
         variance-inflation factor λ = max(1, (Σ e² − Σ σ²) / Σ s²) over the `last` assimilations that measured it
         (innovation e = measured − predicted mean, σ the measurement noise there, s the particles' predicted spread;
         a moment estimate, as in adaptive covariance inflation of ensemble Kalman filters: Anderson 2007, Tellus A
         59:210–224). 1 with fewer than two such innovations, or when the errors are within the predicted spread.
         With a `drift` d (unit/h; `innovation_drift`), the errors are taken less the drift's part, e − d·Δt: the
-        scatter left once a bias is accounted for.
+        scatter left once a bias is accounted for; with `per`, d is per unit of that state and its part d·x̄·Δt.
 
         The particles' spread covers only the uncertainty the posterior and the filter know; an inflation well above
         1 says that the twin's structure misses something (the plant eats more late in the batch than any draw, say).
@@ -641,9 +665,10 @@ class Predictor:
         if not math.isfinite(drift):
             raise CampaignValidationError(Problem("spread_inflation", f"drift must be finite, got {drift}"))
         recent = []  # (innovation², noise variance, predicted variance), newest first; no pandas: called every MPC step
-        for _, interval, value, mean, var, noise_var in self._innovation_records(j, newest_first=True):
+        for _, interval, value, mean, var, noise_var, exposure in self._innovation_records(j, newest_first=True,
+                                                                                          per=per):
             if interval > 0:
-                recent.append(((value - mean - drift * interval) ** 2, noise_var, var))
+                recent.append(((value - mean - drift * exposure) ** 2, noise_var, var))
             if len(recent) == last:
                 break
         if len(recent) < 2:
@@ -790,6 +815,12 @@ class Predictor:
                         for i, t in enumerate(body["groups"])]
         self._accepted = {(float(a[0]), str(a[1]), float(a[2])) for a in body["accepted"]}
         self.notes = list(body["notes"])
+
+
+def _state_mean(snap: _Snapshot, k: int) -> float:
+    """The particles' weighted mean of state `k` in a snapshot."""
+    w = np.exp(snap.log_weights - snap.log_weights.max())
+    return float(np.dot(w, snap.y[:, k]) / w.sum())
 
 
 def _time_salt(time_h: float) -> np.ndarray:
