@@ -630,6 +630,8 @@ class FeedingController:
                         continue
                     first = np.nonzero(window)[0][0]
                     rises[k] = (call.feed[var] - max(quantile[first], 0.0)) / max(vessel[first], 1e-9)  # mM per L
+                    if rises[k] <= 0:
+                        continue  # above the feed's own concentration: feeding cannot raise it here
                     wanted = volumes[k] + change[k] + (bound - quantile[window].min() - carried) / rises[k]
                     step = float(np.clip(wanted, config.bolus_min_l, config.bolus_max_l)) - volumes[k] - change[k]
                     change[k] += step
