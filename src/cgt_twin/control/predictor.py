@@ -553,8 +553,7 @@ class Predictor:
         weights (particles,)."""
         self._require_started()
         snap = self._snapshots[-1]
-        w = np.exp(snap.log_weights - snap.log_weights.max())
-        return snap.y.copy(), {k: v.copy() for k, v in snap.params.items()}, w / w.sum()
+        return snap.y.copy(), {k: v.copy() for k, v in snap.params.items()}, _weights(snap)
 
     def innovations(self) -> pd.DataFrame:
         """Every assimilated measurement against the filter's prediction of it just before (replicates at one time
@@ -817,10 +816,15 @@ class Predictor:
         self.notes = list(body["notes"])
 
 
+def _weights(snap: _Snapshot) -> np.ndarray:
+    """A snapshot's normalised particle weights."""
+    w = np.exp(snap.log_weights - snap.log_weights.max())
+    return w / w.sum()
+
+
 def _state_mean(snap: _Snapshot, k: int) -> float:
     """The particles' weighted mean of state `k` in a snapshot."""
-    w = np.exp(snap.log_weights - snap.log_weights.max())
-    return float(np.dot(w, snap.y[:, k]) / w.sum())
+    return float(np.dot(_weights(snap), snap.y[:, k]))
 
 
 def _time_salt(time_h: float) -> np.ndarray:
