@@ -10,9 +10,9 @@ Measures, on a synthetic CHO fed-batch campaign made from `CHOFedBatch` at its d
    batch's measured initial states fitted and the unsampled parameters' uncertainty carried by the Laplace
    correction, the configuration docs/bayesian.md recommends, over 5 datasets, and the unsampled parameters held at
    the truth, which checks likelihood and sampler alone, over 10; `--repeat-held fit` holds them at each dataset's
-   fit with nothing carried, whose shortfall is recorded in README.md; `--repeat-held fit-likelihood` holds them at the fit with data drawn with
-   the likelihood's noise, which separates the two causes of the first variant's shortfall; `fit-laplace` and
-   `fit-likelihood-laplace` carry the held parameters' uncertainty into the draws by the Laplace correction);
+   fit with nothing carried, whose shortfall is recorded in README.md; `--repeat-held fit-likelihood` holds them
+   at the fit with data drawn with the likelihood's noise, which separates the two causes of that shortfall;
+   `fit-laplace` and `fit-likelihood-laplace` carry the held parameters' uncertainty into the draws by the Laplace correction);
 4. Laplace vs NUTS predictive band widths side by side;
 5. (full run only) NUTS on all 12 kinetic parameters, and the UMN CHO runs with a cell-line grouping when
    ../shared/datasets is present.
